@@ -1,0 +1,262 @@
+"""The `accelpilot` command line: every product command, working or clearly not built yet."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from accelpilot.config import Settings, load_settings
+from accelpilot.errors import AccelpilotError, NotBuiltYetError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Watch and steer fleets of AI accelerators.",
+)
+stack_app = typer.Typer(no_args_is_help=True, help="The local real services: Kafka and InfluxDB.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
+optimizer_app = typer.Typer(no_args_is_help=True, help="Fleet simulator, baselines and policy.")
+dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards and alert rules.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print JSON figures.")
+detect_app = typer.Typer(no_args_is_help=True, help="Run the detectors over files.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert subscriptions.")
+for sub, name in (
+    (stack_app, "stack"),
+    (config_app, "config"),
+    (optimizer_app, "optimizer"),
+    (dashboards_app, "dashboards"),
+    (bench_app, "bench"),
+    (detect_app, "detect"),
+    (alerts_app, "alerts"),
+):
+    app.add_typer(sub, name=name)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML config file (default: $ACCELPILOT_CONFIG, then ./accelpilot.toml).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def _not_built(what: str, issue: int) -> NoReturn:
+    raise NotBuiltYetError(f"`accelpilot {what}` is not built yet (tracked in issue #{issue}).")
+
+
+# -- config ------------------------------------------------------------------------------------
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration, secrets masked."""
+    data = _settings(config).masked()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for section, values in data.items():
+        if isinstance(values, dict):
+            typer.echo(f"[{section}]")
+            for k, v in values.items():
+                typer.echo(f"  {k} = {v!r}")
+        else:
+            typer.echo(f"{section} = {values!r}")
+
+
+# -- stack -------------------------------------------------------------------------------------
+@stack_app.command("up")
+def stack_up(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Fetch/build (cached), start Kafka and InfluxDB on 127.0.0.1, create topics and database."""
+    from accelpilot.stack.manager import Stack
+
+    stack = Stack(_settings(config))
+    progress = (lambda s: print(s, file=sys.stderr)) if as_json else print
+    times = stack.up(progress=progress)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"steps_s": times.steps_s, "total_s": times.total_s, "status": stack.status()},
+                indent=2,
+            )
+        )
+    else:
+        typer.echo(
+            f"stack up in {times.total_s:.1f} s: Kafka {stack.kafka.version} at "
+            f"{stack.kafka.bootstrap}, InfluxDB {stack.influx.version} at {stack.influx.url}"
+        )
+
+
+@stack_app.command("down")
+def stack_down(
+    config: ConfigOpt = None,
+    wipe: Annotated[
+        bool, typer.Option("--wipe", help="Also delete broker and database state.")
+    ] = False,
+) -> None:
+    """Stop Kafka and InfluxDB (SIGTERM, then SIGKILL after a grace period)."""
+    from accelpilot.stack.manager import Stack
+
+    Stack(_settings(config)).down(wipe=wipe)
+
+
+@stack_app.command("status")
+def stack_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show whether each service is cached, running and answering."""
+    from accelpilot.stack.manager import Stack
+
+    st = Stack(_settings(config)).status()
+    if as_json:
+        typer.echo(json.dumps(st, indent=2))
+        return
+    for name, info in st.items():
+        state = "ready" if info["ready"] else ("running, not answering" if info["pid"] else "down")
+        typer.echo(
+            f"{name:9} {info['version']:8} {state}  "
+            + "  ".join(f"{k}={v}" for k, v in info.items() if k not in ("version", "ready"))
+        )
+    if not all(info["ready"] for info in st.values()):
+        raise typer.Exit(1)
+
+
+# -- services ----------------------------------------------------------------------------------
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+) -> None:
+    """Run a stream worker (faust): validate samples, write InfluxDB, dead-letter bad input."""
+    from accelpilot.streams.app import run_worker
+
+    run_worker(_settings(config), loglevel=loglevel)
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    scenario: Annotated[Path | None, typer.Option(help="Fleet scenario JSON.")] = None,
+    duration: Annotated[float, typer.Option(help="Seconds to run (0 = until Ctrl-C).")] = 0,
+    port: Annotated[int, typer.Option(help="Console port on 127.0.0.1.")] = 8000,
+    headless: Annotated[bool, typer.Option(help="No console, terminal summary only.")] = False,
+) -> None:
+    """Everything in one process on a simulated fleet, with the web console."""
+    _not_built("demo", 8)
+
+
+@app.command()
+def discover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List this host's accelerators and their capabilities."""
+    _not_built("discover", 3)
+
+
+@app.command()
+def agent(config: ConfigOpt = None) -> None:
+    """Run the host agent: collect, publish, actuate."""
+    _not_built("agent", 3)
+
+
+@optimizer_app.command("train")
+def optimizer_train(config: ConfigOpt = None) -> None:
+    """Train the learned power/load policy on generated scenarios."""
+    _not_built("optimizer train", 6)
+
+
+@optimizer_app.command("evaluate")
+def optimizer_evaluate(
+    scenario: Annotated[Path, typer.Option(help="Fleet scenario JSON.")],
+    policies: Annotated[str, typer.Option()] = "max,static,profile,oracle,learned",
+    as_json: JsonOpt = False,
+) -> None:
+    """Run policies on a scenario and print the spec's report."""
+    _not_built("optimizer evaluate", 6)
+
+
+@optimizer_app.command("run")
+def optimizer_run(config: ConfigOpt = None) -> None:
+    """Consume aggregates and anomalies, emit signed actions."""
+    _not_built("optimizer run", 6)
+
+
+@dashboards_app.command("export")
+def dashboards_export(out: Annotated[Path, typer.Option()]) -> None:
+    """Write the Grafana provisioning tree."""
+    _not_built("dashboards export", 7)
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    url: Annotated[str, typer.Option()], token: Annotated[str, typer.Option()]
+) -> None:
+    """Upsert datasource, folder, dashboards and alert rules into Grafana."""
+    _not_built("dashboards push", 7)
+
+
+@alerts_app.command("subscribe")
+def alerts_subscribe() -> None:
+    """Add an alert subscription."""
+    _not_built("alerts subscribe", 7)
+
+
+@alerts_app.command("list")
+def alerts_list() -> None:
+    """List alert subscriptions."""
+    _not_built("alerts list", 7)
+
+
+@alerts_app.command("remove")
+def alerts_remove() -> None:
+    """Remove an alert subscription."""
+    _not_built("alerts remove", 7)
+
+
+@bench_app.command("collector")
+def bench_collector(as_json: JsonOpt = True) -> None:
+    """Collector CPU per device-tick and bytes per tick."""
+    _not_built("bench collector", 3)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(as_json: JsonOpt = True) -> None:
+    """Stream pipeline throughput and latency against the real broker."""
+    _not_built("bench pipeline", 4)
+
+
+@bench_app.command("detectors")
+def bench_detectors(as_json: JsonOpt = True) -> None:
+    """Detector throughput, side by side with River."""
+    _not_built("bench detectors", 5)
+
+
+@detect_app.command("csv")
+def detect_csv(src: Path, out: Annotated[Path, typer.Option()]) -> None:
+    """Score a timestamp,value CSV."""
+    _not_built("detect csv", 5)
+
+
+@detect_app.command("nab")
+def detect_nab(data: Annotated[Path, typer.Option()], out: Annotated[Path, typer.Option()]) -> None:
+    """Write NAB results files for every <category>/*.csv under DATA."""
+    _not_built("detect nab", 5)
+
+
+def main() -> None:
+    try:
+        app()
+    except NotBuiltYetError as e:
+        print(f"accelpilot: {e}", file=sys.stderr)
+        sys.exit(3)
+    except AccelpilotError as e:
+        print(f"accelpilot: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""One validated, frozen settings object: a TOML file plus ``ACCELPILOT_*`` environment variables.
+
+Precedence (highest first): environment variables, the TOML file, the defaults below.
+Nested fields use a double underscore in the environment: ``ACCELPILOT_KAFKA__BOOTSTRAP_SERVERS``.
+A broken config raises :class:`~accelpilot.errors.ConfigError` naming the field and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from accelpilot.errors import ConfigError
+
+CONFIG_ENV = "ACCELPILOT_CONFIG"
+DEFAULT_CONFIG_FILE = Path("accelpilot.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    # Prepended to every topic name; tests use it to give each test its own topics.
+    topic_prefix: str = ""
+    partitions: int = Field(6, ge=1, le=1000)
+
+
+class InfluxSettings(_Section):
+    url: str = Field("http://127.0.0.1:8086", pattern=r"^https?://")
+    database: str = Field("accelpilot", min_length=1)
+    retention_policy: str = "autogen"
+    # InfluxDB 1.x: "user:password" (anything while auth is off); 2.x: an API token.
+    token: SecretStr = SecretStr("accelpilot:accelpilot")
+    org: str = "-"
+    timeout_s: float = Field(10.0, gt=0)
+
+    @property
+    def bucket(self) -> str:
+        """The v2-API bucket of an InfluxDB 1.x database: ``db/rp``."""
+        return f"{self.database}/{self.retention_policy}"
+
+
+class StackSettings(_Section):
+    cache_dir: Path = Path("~/.cache/accelpilot")
+    # Broker and database state; temporary by design, wiped by `accelpilot stack down --wipe`.
+    run_dir: Path = Path("/tmp/accelpilot-stack")
+    kafka_version: str = Field("3.9.1", pattern=r"^3\.9\.\d+$")
+    kafka_port: int = Field(9092, ge=1024, le=65535)
+    kafka_controller_port: int = Field(9093, ge=1024, le=65535)
+    kafka_heap_mb: int = Field(512, ge=128, le=8192)
+    influx_version: str = Field("1.12.4", pattern=r"^1\.1[12]\.\d+$")
+    influx_port: int = Field(8086, ge=1024, le=65535)
+    influx_rpc_port: int = Field(8088, ge=1024, le=65535)
+    start_timeout_s: float = Field(90.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    app_id: str = Field("accelpilot-worker", min_length=1)
+    # Batch of samples handed to the sinks at once (bounded by count and by time).
+    batch_max: int = Field(500, ge=1, le=100_000)
+    batch_within_s: float = Field(0.2, gt=0, le=60)
+    # Samples stamped further in the future than this are rejected to the DLQ.
+    max_future_skew_s: float = Field(300.0, gt=0)
+    data_dir: Path = Path("/tmp/accelpilot-worker")
+
+
+class Settings(BaseSettings):
+    """The effective configuration of every accelpilot process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ACCELPILOT_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    host_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    kafka: KafkaSettings = KafkaSettings()
+    influx: InfluxSettings = InfluxSettings()
+    stack: StackSettings = StackSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a logical topic such as ``telemetry.samples``."""
+        return f"{self.kafka.topic_prefix}{name}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets masked, for `accelpilot config show`."""
+        masked: dict[str, Any] = _mask(self.model_dump(mode="python"))
+        return masked
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(root)"
+        env = "ACCELPILOT_" + "__".join(str(p) for p in item["loc"]).upper()
+        lines.append(f"field '{field}' (env {env}): {item['msg']}")
+    return f"invalid configuration ({source}): " + "; ".join(lines)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load the effective settings.
+
+    ``path`` is a TOML file; without it ``$ACCELPILOT_CONFIG``, then ``./accelpilot.toml`` if it
+    exists, else defaults and environment only. ``overrides`` (tests, CLI flags) beat the file.
+    """
+    chosen = path or os.environ.get(CONFIG_ENV)
+    file_path = (
+        Path(chosen) if chosen else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    )
+    data: dict[str, Any] = _read_toml(file_path) if file_path else {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    source = f"file {file_path} + environment" if file_path else "defaults + environment"
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from e

@@ -1,0 +1,33 @@
+"""The Kafka topics of accelpilot and the payload type each one carries."""
+
+from __future__ import annotations
+
+import msgspec
+
+from accelpilot.schemas.action_results import ActionResult
+from accelpilot.schemas.actions import Action
+from accelpilot.schemas.aggregates import Aggregate
+from accelpilot.schemas.alerts import Alert
+from accelpilot.schemas.anomalies import AnomalyScore
+from accelpilot.schemas.dlq import DeadLetter
+from accelpilot.schemas.samples import HostSample
+
+SAMPLES = "telemetry.samples"
+AGGREGATES = "telemetry.aggregates"
+ANOMALIES = "telemetry.anomalies"
+DLQ = "telemetry.dlq"
+ALERTS = "fleet.alerts"
+ACTIONS = "fleet.actions"
+ACTION_RESULTS = "fleet.action-results"
+
+PAYLOAD_TYPES: dict[str, type[msgspec.Struct]] = {
+    SAMPLES: HostSample,
+    AGGREGATES: Aggregate,
+    ANOMALIES: AnomalyScore,
+    ALERTS: Alert,
+    ACTIONS: Action,
+    ACTION_RESULTS: ActionResult,
+    DLQ: DeadLetter,
+}
+
+ALL_TOPICS: tuple[str, ...] = tuple(PAYLOAD_TYPES)

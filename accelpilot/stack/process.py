@@ -1,0 +1,93 @@
+"""Start, find and stop the stack's background server processes (pid files, logs, signals)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from accelpilot.errors import StackError
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid recorded in ``pid_file`` if that process is still alive, else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A zombie of ours counts as dead.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (FileNotFoundError, IndexError):
+        return None
+    return None if state == "Z" else pid
+
+
+def start_daemon(
+    step: str,
+    argv: Sequence[str],
+    pid_file: Path,
+    log_file: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start ``argv`` in its own session, detached, logging to ``log_file``; record its pid."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )
+    except OSError as e:
+        raise StackError(step, f"cannot start {argv[0]}: {e}") from e
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_pid(pid_file: Path, timeout_s: float = 30.0) -> bool:
+    """SIGTERM the recorded process, SIGKILL it after ``timeout_s``. True if one was running."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and read_pid(pid_file) is not None:
+        _reap(pid)
+        time.sleep(0.2)
+    if read_pid(pid_file) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        _reap(pid)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def log_tail(log_file: Path, lines: int = 15) -> str:
+    try:
+        text = log_file.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text[-lines:])

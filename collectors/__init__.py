@@ -1,0 +1,1 @@
+"""Host-side collection: device backends, sampling and publishing to ``telemetry.samples``."""

@@ -1,0 +1,1 @@
+"""Fleet simulator, baselines, oracle and the learned power/load policy (issue #6)."""

@@ -1,0 +1,131 @@
+"""The faust-streaming worker: ``telemetry.samples`` -> validate -> InfluxDB, bad input -> DLQ.
+
+Each batch (``take_events``: bounded by count and time) is processed, its dead letters delivered
+and its points written before faust acknowledges its events, so processing is at-least-once and
+the InfluxDB writes (keyed by series + timestamp) make replays idempotent. No exactly_once, no
+agent concurrency > 1 (see docs/architecture notes on faust's open bugs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from accelpilot.streams.dead_letters import dead_letter
+from accelpilot.streams.influx_lines import sample_lines
+from accelpilot.streams.influx_sink import InfluxSink
+from accelpilot.streams.ingest import ingest_sample
+
+from accelpilot.config import Settings
+from accelpilot.errors import SchemaError
+from accelpilot.schemas import codec
+from accelpilot.schemas.topics import DLQ, SAMPLES
+
+log = logging.getLogger(__name__)
+
+
+class _InternalError(SchemaError):
+    """A bug of ours met while handling one message: it goes to the DLQ, the worker goes on."""
+
+
+def make_app(settings: Settings) -> faust.App:
+    w = settings.worker
+    w.data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        w.app_id,
+        broker=f"kafka://{settings.kafka.bootstrap_servers}",
+        store="memory://",
+        datadir=str(w.data_dir / w.app_id),
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
+        producer_compression_type="lz4" if _has_lz4() else None,
+        broker_commit_interval=1.0,
+    )
+    samples_topic = app.topic(
+        settings.topic(SAMPLES),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    dlq_topic = app.topic(
+        settings.topic(DLQ),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    sink = InfluxSink(settings.influx)
+    max_future_ns = int(w.max_future_skew_s * 1e9)
+
+    async def process_batch(events: Sequence[Any]) -> None:
+        now_ns = time.time_ns()
+        lines: list[str] = []
+        pending = []
+        for event in events:
+            msg = event.message
+            raw: bytes = (
+                event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
+            )
+            try:
+                lines.extend(sample_lines(ingest_sample(raw, now_ns, max_future_ns)))
+            except SchemaError as e:
+                pending.append(await _send_dead_letter(dlq_topic, msg, raw, e, now_ns))
+            except Exception as e:  # never crash on input
+                log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+                err = _InternalError(f"internal-error:{type(e).__name__}", str(e))
+                pending.append(await _send_dead_letter(dlq_topic, msg, raw, err, now_ns))
+        for fut in pending:  # dead letters delivered (acks=all) before the batch is acked
+            await fut
+        await sink.write(lines)
+
+    @app.agent(samples_topic, name="ingest-samples")
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
+            await process_batch(events)
+
+    @app.on_after_configured.connect
+    def _configured(app: faust.App, **kwargs: Any) -> None:
+        log.info("accelpilot worker %s reading %s", w.app_id, samples_topic.get_topic_name())
+
+    app.accelpilot_sink = sink  # type: ignore[attr-defined]
+    return app
+
+
+async def _send_dead_letter(
+    dlq_topic: Any, msg: Any, raw: bytes, err: SchemaError, now_ns: int
+) -> Any:
+    record = dead_letter(
+        raw=raw,
+        key=msg.key,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        error=err,
+        stage="ingest",
+        now_ns=now_ns,
+    )
+    log.info("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, err)
+    return await dlq_topic.send(key=msg.key, value=codec.encode(record))
+
+
+def _has_lz4() -> bool:
+    try:
+        import lz4  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run the worker in the foreground until SIGTERM/SIGINT."""
+    from faust.worker import Worker
+
+    app = make_app(settings)
+    Worker(app, loglevel=loglevel).execute_from_commandline()

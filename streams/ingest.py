@@ -1,0 +1,69 @@
+"""Decode and validate ``telemetry.samples`` payloads (pure; no Kafka here).
+
+A sample is accepted only if it decodes as v1 and is physically possible: every column has one
+value per device, every metric is a known one and inside its physical bounds, device ids are
+unique, and the timestamp is not too far in the future. Anything else raises a
+:class:`~accelpilot.errors.SchemaError` whose ``reason`` goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import math
+
+from accelpilot.errors import InvalidPayloadError
+from accelpilot.schemas import codec
+from accelpilot.schemas.metrics import METRICS
+from accelpilot.schemas.samples import HostSample
+
+_EARLIEST_TS_NS = 1_500_000_000 * 10**9  # 2017-07-14: older stamps are clock garbage
+
+
+def validate_sample(sample: HostSample, now_ns: int, max_future_ns: int) -> HostSample:
+    """Return ``sample`` unchanged if it is acceptable, else raise InvalidPayloadError."""
+    n = len(sample.device_ids)
+    if not sample.host_id:
+        raise InvalidPayloadError("empty-host-id", "host_id must be a non-empty string")
+    if n == 0:
+        raise InvalidPayloadError("no-devices", "a sample must carry at least one device")
+    if len(set(sample.device_ids)) != n:
+        raise InvalidPayloadError("duplicate-device", "device_ids must be unique within a sample")
+    if len(sample.device_kinds) != n:
+        raise InvalidPayloadError(
+            "column-length", f"device_kinds has {len(sample.device_kinds)} entries for {n} devices"
+        )
+    if sample.ts_ns > now_ns + max_future_ns:
+        raise InvalidPayloadError(
+            "future-timestamp", f"ts_ns is {(sample.ts_ns - now_ns) / 1e9:.0f} s in the future"
+        )
+    if sample.ts_ns < _EARLIEST_TS_NS:
+        raise InvalidPayloadError("ancient-timestamp", f"ts_ns={sample.ts_ns} is before 2017")
+    if sample.seq < 0:
+        raise InvalidPayloadError("negative-seq", f"seq={sample.seq}")
+    if not (sample.interval_s > 0 and math.isfinite(sample.interval_s)):
+        raise InvalidPayloadError("bad-interval", f"interval_s={sample.interval_s} must be > 0")
+    for name, column in sample.metrics.items():
+        spec = METRICS.get(name)
+        if spec is None:
+            raise InvalidPayloadError("unknown-metric", f"'{name}' is not a v1 metric")
+        if len(column) != n:
+            raise InvalidPayloadError(
+                "column-length", f"metric '{name}' has {len(column)} values for {n} devices"
+            )
+        for i, value in enumerate(column):
+            if value is None:
+                continue
+            if not (spec.low <= value <= spec.high):  # also rejects NaN
+                raise InvalidPayloadError(
+                    "out-of-range",
+                    f"{name}={value} on {sample.device_ids[i]} outside "
+                    f"[{spec.low:g}, {spec.high:g}] {spec.unit}",
+                )
+    for event in sample.events:
+        if event.device_id not in sample.device_ids:
+            raise InvalidPayloadError("unknown-event-device", f"event for '{event.device_id}'")
+    return sample
+
+
+def ingest_sample(raw: bytes, now_ns: int, max_future_ns: int) -> HostSample:
+    """Decode then validate; raises a SchemaError subclass with the reason on any problem."""
+    return validate_sample(codec.decode(HostSample, raw), now_ns, max_future_ns)

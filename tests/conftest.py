@@ -1,0 +1,69 @@
+"""Shared fixtures. Service-backed tests (marker ``service``) get the real stack, brought up once
+per session by the project's own code, and each test gets its own topics and database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from accelpilot.config import Settings, load_settings
+from accelpilot.schemas.topics import ALL_TOPICS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Settings]:
+    """The real Kafka + InfluxDB on 127.0.0.1, started (and stopped) here unless already up."""
+    from accelpilot.stack.manager import Stack
+
+    settings = load_settings()
+    st = Stack(settings)
+    already_up = all(info["ready"] for info in st.status().values())
+    if not already_up:
+        st.up(progress=lambda s: None)
+    yield settings
+    if not already_up and os.environ.get("ACCELPILOT_KEEP_STACK") != "1":
+        st.down()
+
+
+@pytest.fixture
+def service_settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """Settings with test-unique topics, database and worker id; all of them removed afterwards."""
+    from accelpilot.stack.influxdb import influxql
+    from accelpilot.stack.kafka import create_topics, delete_topics
+
+    tag = uuid.uuid4().hex[:10]
+    settings = load_settings(
+        kafka={"topic_prefix": f"t{tag}.", "partitions": 3},
+        influx={"database": f"test_{tag}"},
+        worker={"app_id": f"worker-{tag}", "data_dir": str(tmp_path / "worker")},
+    )
+    topics = [settings.topic(t) for t in ALL_TOPICS]
+    create_topics(settings.kafka.bootstrap_servers, topics, partitions=3)
+    influxql(settings.influx.url, f'CREATE DATABASE "{settings.influx.database}"')
+    yield settings
+    delete_topics(settings.kafka.bootstrap_servers, topics)
+    influxql(settings.influx.url, f'DROP DATABASE "{settings.influx.database}"')
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """Write ``settings`` as a TOML config file a subprocess can load with --config."""
+    lines = [f'host_id = "{settings.host_id}"']
+    for section in ("kafka", "influx", "worker", "stack"):
+        lines.append(f"[{section}]")
+        for key, value in getattr(settings, section).model_dump(mode="json").items():
+            if key == "token":
+                value = getattr(settings, section).token.get_secret_value()
+            if isinstance(value, str):
+                lines.append(f'{key} = "{value}"')
+            elif isinstance(value, bool):
+                lines.append(f"{key} = {str(value).lower()}")
+            else:
+                lines.append(f"{key} = {value}")
+    path.write_text("\n".join(lines) + "\n")
+    return path

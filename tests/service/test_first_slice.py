@@ -1,0 +1,178 @@
+"""The first end-to-end slice, for real: simulated host -> Kafka -> faust worker (own process)
+-> InfluxDB, with malformed messages dead-lettered and the worker carrying on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from accelpilot.collectors.publisher import KafkaPublisher
+from accelpilot.collectors.synthetic import synthetic_samples
+
+from accelpilot.config import Settings
+from accelpilot.schemas import DeadLetter, codec
+from accelpilot.schemas.topics import DLQ, SAMPLES
+from accelpilot.stack.influxdb import influxql
+from tests.conftest import write_config
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+N_TICKS = 150
+N_DEVICES = 8
+
+
+def _malformed(valid: bytes) -> list[tuple[bytes, str]]:
+    """(payload, expected DLQ reason) pairs, each wrong in one way."""
+    doc = msgspec.json.decode(valid)
+
+    def variant(**changes: object) -> bytes:
+        return msgspec.json.encode({**doc, **changes})
+
+    neg = {**doc["metrics"], "power_w": [-5.0, *doc["metrics"]["power_w"][1:]]}
+    short = {**doc["metrics"], "temp_c": doc["metrics"]["temp_c"][:3]}
+    return [
+        (b"\x00\xffnot json at all", "not-json"),
+        (b'{"v": 1, "host_id": "h"', "not-json"),
+        (variant(v=2, brand_new_field=True), "unsupported-version"),
+        (variant(ts_ns="yesterday"), "schema"),
+        (variant(metrics=neg), "out-of-range"),
+        (variant(metrics=short), "column-length"),
+        (variant(metrics={**doc["metrics"], "warp_factor": [1.0] * N_DEVICES}), "unknown-metric"),
+        (variant(ts_ns=time.time_ns() + 3_600 * 10**9), "future-timestamp"),
+    ]
+
+
+def _start_worker(settings: Settings, tmp_path: Path) -> subprocess.Popen[bytes]:
+    config = write_config(settings, tmp_path / "worker.toml")
+    log = (tmp_path / "worker.log").open("wb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELPILOT_")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "accelpilot.cli",
+            "worker",
+            "--config",
+            str(config),
+            "-l",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _count_points(settings: Settings) -> int:
+    body = influxql(
+        settings.influx.url, "SELECT count(seq) FROM device_sample", settings.influx.database
+    )
+    series = body["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def _read_dlq(settings: Settings, expected: int, timeout_s: float) -> list[DeadLetter]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.topic(DLQ),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+    )
+    got: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < expected and time.monotonic() < deadline:
+            for record in consumer:
+                got.append(codec.decode(DeadLetter, record.value))
+    finally:
+        consumer.close()
+    return got
+
+
+def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    settings = service_settings
+    worker = _start_worker(settings, tmp_path)
+    try:
+        start_ns = (time.time_ns() - N_TICKS * 10**9) // 10**9 * 10**9
+        samples = list(
+            synthetic_samples(
+                "node-a", n_devices=N_DEVICES, n_ticks=N_TICKS, start_ns=start_ns, seed=3
+            )
+        )
+        bad = _malformed(codec.encode(samples[0]))
+        with KafkaPublisher(settings.kafka.bootstrap_servers, settings.topic(SAMPLES)) as pub:
+            for i, sample in enumerate(samples):
+                pub.send(sample.host_id, sample)
+                if i % 15 == 7 and bad:  # malformed messages in the middle of the valid stream
+                    pub.send_raw(b"node-a", bad[len(bad) - 1 - (i // 15) % len(bad)][0])
+            for payload, _ in bad:  # and all of them once more, then valid traffic after them
+                pub.send_raw(b"node-a", payload)
+            late = list(
+                synthetic_samples("node-b", n_devices=2, n_ticks=5, start_ns=start_ns, seed=4)
+            )
+            for sample in late:
+                pub.send(sample.host_id, sample)
+
+        want_points = N_TICKS * N_DEVICES + 5 * 2
+        deadline = time.monotonic() + 120
+        while _count_points(settings) < want_points and time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert _count_points(settings) == want_points
+
+        # Every value, exactly: read node-a's points back and compare with what was sent.
+        body = influxql(
+            settings.influx.url,
+            "SELECT power_w, temp_c, util_compute_pct, energy_j, seq FROM device_sample "
+            "WHERE host = 'node-a' GROUP BY device",
+            settings.influx.database,
+        )
+        got = {}
+        for series in body["results"][0]["series"]:
+            device = series["tags"]["device"]
+            for ts, power, temp, util, energy, seq in series["values"]:
+                got[(device, ts)] = (power, temp, util, energy, seq)
+        want = {}
+        for s in samples:
+            m = s.metrics
+            for i, device in enumerate(s.device_ids):
+                want[(device, s.ts_ns)] = (
+                    m["power_w"][i],
+                    m["temp_c"][i],
+                    m["util_compute_pct"][i],
+                    m["energy_j"][i],
+                    s.seq,
+                )
+        assert got == want
+
+        # Every malformed message is in the DLQ with its original bytes and reason.
+        sent_bad = [
+            bad[len(bad) - 1 - (i // 15) % len(bad)] for i in range(N_TICKS) if i % 15 == 7
+        ] + bad
+        letters = _read_dlq(settings, len(sent_bad), timeout_s=60)
+        assert sorted((d.original, d.reason) for d in letters) == sorted(sent_bad)
+        assert all(
+            d.source_topic == settings.topic(SAMPLES) and d.stage == "ingest" for d in letters
+        )
+        assert len({(d.partition, d.offset) for d in letters}) == len(letters)
+        assert worker.poll() is None  # the worker kept going
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
