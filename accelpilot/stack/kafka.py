@@ -193,14 +193,12 @@ class KafkaBroker:
     def wait_ready(self) -> None:
         """Wait until the broker answers a metadata request (not just until the JVM exists)."""
         deadline = time.monotonic() + self.timeout_s
-        last = "no answer yet"
+        last = "port closed"
         while time.monotonic() < deadline:
-            if self.pid() is None:
-                raise StackError(
-                    "kafka:wait-ready",
-                    "the broker process exited; log tail:\n"
-                    + process.log_tail(self.run_dir / "logs" / "server.log"),
-                )
+            self._raise_if_exited()
+            if not process.port_open("127.0.0.1", self.port):
+                time.sleep(0.3)
+                continue
             try:
                 admin = self.admin()
                 admin.list_topics()
@@ -209,11 +207,22 @@ class KafkaBroker:
             except Exception as e:  # kafka-python raises many kinds while the broker boots
                 last = f"{type(e).__name__}: {e}"
             time.sleep(0.5)
+        self._raise_if_exited()
         raise StackError(
             "kafka:wait-ready",
             f"no metadata answer within {self.timeout_s:.0f} s "
             f"({last}); see {self.run_dir / 'logs' / 'server.log'}",
         )
+
+    def _raise_if_exited(self) -> None:
+        if self.pid() is None:
+            raise StackError(
+                "kafka:wait-ready",
+                f"the broker process exited; {self.log_file} ends with:\n"
+                + process.log_tail(self.log_file)
+                + f"\nand {self.run_dir / 'logs' / 'server.log'} with:\n"
+                + process.log_tail(self.run_dir / "logs" / "server.log"),
+            )
 
     def admin(self):  # type: ignore[no-untyped-def]
         from kafka.admin import KafkaAdminClient

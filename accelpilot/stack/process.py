@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -14,23 +15,30 @@ from accelpilot.errors import StackError
 
 
 def read_pid(pid_file: Path) -> int | None:
-    """The pid recorded in ``pid_file`` if that process is still alive, else None."""
+    """The pid recorded in ``pid_file`` if that process is still alive and is the one we started.
+
+    The pid file records ``pid`` and the process's command line; a recycled pid (another program
+    now) or a zombie counts as dead.
+    """
     try:
-        pid = int(pid_file.read_text().strip())
+        recorded = pid_file.read_text().split("\n", 1)
+        pid = int(recorded[0].strip())
     except (FileNotFoundError, ValueError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, IndexError, ProcessLookupError):
         return None
-    except PermissionError:
-        return pid
-    # A zombie of ours counts as dead.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except (FileNotFoundError, IndexError):
+    if state == "Z":
         return None
-    return None if state == "Z" else pid
+    if len(recorded) > 1 and recorded[1].strip() and cmdline != _cmdline_bytes(recorded[1]):
+        return None
+    return pid
+
+
+def _cmdline_bytes(recorded: str) -> bytes:
+    return bytes.fromhex(recorded.strip())
 
 
 def start_daemon(
@@ -56,7 +64,9 @@ def start_daemon(
             )
     except OSError as e:
         raise StackError(step, f"cannot start {argv[0]}: {e}") from e
-    pid_file.write_text(str(proc.pid))
+    # Same bytes as /proc/PID/cmdline, so a recycled pid is never mistaken for ours.
+    cmdline = b"".join(a.encode() + b"\0" for a in argv)
+    pid_file.write_text(f"{proc.pid}\n{cmdline.hex()}\n")
     return proc.pid
 
 
@@ -83,6 +93,15 @@ def stop_pid(pid_file: Path, timeout_s: float = 30.0) -> bool:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def log_tail(log_file: Path, lines: int = 15) -> str:
