@@ -1,6 +1,7 @@
 """One validated, frozen settings object: a TOML file plus ``ACCELPILOT_*`` environment variables.
 
-Precedence (highest first): environment variables, the TOML file, the defaults below.
+Precedence (highest first): explicit overrides (CLI flags, tests), environment variables, the
+TOML file, the defaults below.
 Nested fields use a double underscore in the environment: ``ACCELPILOT_KAFKA__BOOTSTRAP_SERVERS``.
 A broken config raises :class:`~accelpilot.errors.ConfigError` naming the field and the problem.
 """
@@ -97,8 +98,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init kwargs; the environment overrides it.
-        return (env_settings, init_settings)
+        # Explicit overrides (CLI flags, tests) beat the environment, which beats the file.
+        return (init_settings, env_settings)
 
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic such as ``telemetry.samples``."""
@@ -139,24 +140,50 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}): " + "; ".join(lines)
 
 
+class _FileSource(PydanticBaseSettingsSource):
+    """The TOML file's values, below the environment in precedence."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     """Load the effective settings.
 
     ``path`` is a TOML file; without it ``$ACCELPILOT_CONFIG``, then ``./accelpilot.toml`` if it
-    exists, else defaults and environment only. ``overrides`` (tests, CLI flags) beat the file.
+    exists, else defaults and environment only. Precedence: ``overrides`` (CLI flags, tests), then
+    ``ACCELPILOT_*`` environment variables, then the file, then the defaults; nested sections
+    merge field by field.
     """
     chosen = path or os.environ.get(CONFIG_ENV)
     file_path = (
-        Path(chosen) if chosen else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+        Path(chosen)
+        if chosen
+        else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
     )
     data: dict[str, Any] = _read_toml(file_path) if file_path else {}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls, data))
+
     source = f"file {file_path} + environment" if file_path else "defaults + environment"
     try:
-        return Settings(**data)
+        return _Loaded(**overrides)
     except ValidationError as e:
         raise ConfigError(_describe(e, source)) from e

@@ -1,7 +1,7 @@
 """The faust-streaming worker: ``telemetry.samples`` -> validate -> InfluxDB, bad input -> DLQ.
 
-Each batch (``take_events``: bounded by count and time) is processed, its dead letters delivered
-and its points written before faust acknowledges its events, so processing is at-least-once and
+Each batch (``noack_take``: bounded by count and time) is processed, its dead letters delivered
+and its points written before its events are acknowledged, so processing is at-least-once and
 the InfluxDB writes (keyed by series + timestamp) make replays idempotent. No exactly_once, no
 agent concurrency > 1 (see docs/architecture notes on faust's open bugs).
 """
@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
-from accelpilot.streams.dead_letters import dead_letter
-from accelpilot.streams.influx_lines import sample_lines
-from accelpilot.streams.influx_sink import InfluxSink
-from accelpilot.streams.ingest import ingest_sample
 
 from accelpilot.config import Settings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.topics import DLQ, SAMPLES
+from accelpilot.streams.dead_letters import dead_letter
+from accelpilot.streams.influx_lines import sample_lines
+from accelpilot.streams.influx_sink import InfluxSink
+from accelpilot.streams.ingest import ingest_sample
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def make_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_compression_type="lz4" if _has_lz4() else None,
         broker_commit_interval=1.0,
+        # Stop promptly even while InfluxDB is down: unacked events are simply not committed
+        # and a restarted worker reads them again (at-least-once, idempotent writes).
+        stream_wait_empty=False,
     )
     samples_topic = app.topic(
         settings.topic(SAMPLES),
@@ -87,8 +90,13 @@ def make_app(settings: Settings) -> faust.App:
 
     @app.agent(samples_topic, name="ingest-samples")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(w.batch_max, within=w.batch_within_s):
+        # Manual acks: a batch's events are acked only after its effects have landed. (`take`
+        # and `take_events` ack in a `finally`, i.e. also when the batch's write was cancelled.)
+        manual = stream.noack()
+        async for events in manual.noack_take(w.batch_max, within=w.batch_within_s):
             await process_batch(events)
+            for event in events:
+                await manual.ack(event)
 
     @app.on_after_configured.connect
     def _configured(app: faust.App, **kwargs: Any) -> None:

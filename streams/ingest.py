@@ -16,13 +16,24 @@ from accelpilot.schemas.metrics import METRICS
 from accelpilot.schemas.samples import HostSample
 
 _EARLIEST_TS_NS = 1_500_000_000 * 10**9  # 2017-07-14: older stamps are clock garbage
+_MAX_ID_LEN = 256
+
+
+def _check_id(kind: str, value: str) -> None:
+    """Host and device ids become InfluxDB tags and Kafka keys: printable, no backslash."""
+    if not value or len(value) > _MAX_ID_LEN or "\\" in value or not value.isprintable():
+        raise InvalidPayloadError(
+            "bad-id", f"{kind} {value[:80]!r} must be 1-{_MAX_ID_LEN} printable characters, "
+            "no backslash"
+        )
 
 
 def validate_sample(sample: HostSample, now_ns: int, max_future_ns: int) -> HostSample:
     """Return ``sample`` unchanged if it is acceptable, else raise InvalidPayloadError."""
     n = len(sample.device_ids)
-    if not sample.host_id:
-        raise InvalidPayloadError("empty-host-id", "host_id must be a non-empty string")
+    _check_id("host_id", sample.host_id)
+    for device_id in sample.device_ids:
+        _check_id("device_id", device_id)
     if n == 0:
         raise InvalidPayloadError("no-devices", "a sample must carry at least one device")
     if len(set(sample.device_ids)) != n:

@@ -48,6 +48,8 @@ def decode(kind: type[T], raw: bytes) -> T:
         raise DecodeError("schema", str(e)) from e
     except msgspec.DecodeError as e:  # not JSON at all (or truncated)
         raise DecodeError("not-json", str(e)) from e
+    except RecursionError as e:  # msgspec recurses per nesting level of untyped values
+        raise DecodeError("schema", "JSON nested too deeply") from e
     version = payload.v  # type: ignore[attr-defined]
     if version != SUPPORTED_VERSION:
         raise UnsupportedVersionError(
@@ -59,7 +61,7 @@ def decode(kind: type[T], raw: bytes) -> T:
 def _raise_if_newer(raw: bytes) -> None:
     try:
         envelope = _envelope_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return
     if envelope.v != SUPPORTED_VERSION:
         raise UnsupportedVersionError(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
 from accelpilot.collectors.publisher import KafkaPublisher
 from accelpilot.collectors.synthetic import synthetic_samples
-
 from accelpilot.config import Settings
 from accelpilot.schemas import DeadLetter, codec
 from accelpilot.schemas.topics import DLQ, SAMPLES
