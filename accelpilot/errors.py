@@ -49,5 +49,25 @@ class ServiceUnavailableError(AccelpilotError):
     """A service (broker, database) cannot be reached."""
 
 
+class BackendError(AccelpilotError):
+    """A device backend (NVML, AMD SMI, /sys, the simulator) failed; the message says how."""
+
+
+class ActuationError(AccelpilotError):
+    """A device setting could not be applied (unsupported, out of range, permission)."""
+
+
+class KeyFileError(AccelpilotError):
+    """A key file is missing, unreadable, not PEM, or not an Ed25519 key; the message names it."""
+
+
+class SeqStateError(AccelpilotError):
+    """The replay-state file cannot be read, parsed or written; the message names it."""
+
+
+class AuditLogError(AccelpilotError):
+    """The audit log cannot be opened, continued or written; the message names the file."""
+
+
 class NotBuiltYetError(AccelpilotError):
     """A command of the product's skeleton whose implementation has not landed yet."""
