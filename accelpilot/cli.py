@@ -152,9 +152,61 @@ def demo(
 
 
 @app.command()
-def discover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """List this host's accelerators and their capabilities."""
-    _not_built("discover", 3)
+def discover(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", "-b", help="Backend(s) to try, in order.")
+    ] = None,
+    scenario: Annotated[
+        str | None, typer.Option(help="For the sim backend: bundled name or .json file.")
+    ] = None,
+    host_id: Annotated[str | None, typer.Option(help="Host id (default: config host_id).")] = None,
+) -> None:
+    """List this host's accelerators and their capabilities; say why a backend is missing."""
+    from accelpilot.collectors.discovery import discover as run_discovery
+    from accelpilot.collectors.discovery import make_backend
+
+    settings = _settings(config)
+    names = backend or list(settings.agent.backends)
+    host = host_id or settings.host_id
+    found = run_discovery(
+        [make_backend(n, host, scenario=scenario or settings.agent.scenario) for n in names]
+    )
+    if as_json:
+        typer.echo(json.dumps(found.to_dict(), indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"accelerators on {host}")
+    for col in ("device", "kind", "vendor", "model", "memory", "power limits", "capabilities"):
+        table.add_column(col)
+    for d in found.devices:
+        caps = d.capabilities
+        limits = caps.power_limits
+        table.add_row(
+            d.device_id, d.kind, d.vendor, d.model,
+            f"{d.memory_total_bytes / 2**30:.0f} GiB" if d.memory_total_bytes else "-",
+            f"{limits.min_w:.0f}-{limits.max_w:.0f} W (default {limits.default_w:.0f})"
+            if limits else "-",
+            ", ".join(f"{k}={v}" for k, v in _caps_summary(caps).items()),
+        )
+    console = Console()
+    console.print(table)
+    for name, why in found.missing.items():
+        console.print(f"[yellow]{name}[/]: {why}")
+
+
+def _caps_summary(caps: object) -> dict[str, object]:
+    from dataclasses import fields
+
+    skip = {"power_limits", "extra"}
+    return {
+        f.name: getattr(caps, f.name)
+        for f in fields(caps)  # type: ignore[arg-type]
+        if f.name not in skip and getattr(caps, f.name) is not None
+    }
 
 
 @app.command()

@@ -73,6 +73,21 @@ class WorkerSettings(_Section):
     data_dir: Path = Path("/tmp/accelpilot-worker")
 
 
+class AgentSettings(_Section):
+    # Tried in order; "sim" (a fleet scenario: a bundled name or a .json path) only when named.
+    backends: tuple[str, ...] = ("nvml", "amdsmi", "cpu")
+    scenario: str | None = None
+    interval_s: float = Field(1.0, ge=0.05, le=3600)
+    # Samples wait here, in order, while the broker is unreachable.
+    buffer_dir: Path = Path("~/.local/state/accelpilot/agent")
+    buffer_max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    dry_run: bool = False
+    # Ed25519 public keys (*.pub) allowed to sign fleet.actions; none = every action rejected.
+    public_keys: Path | None = None
+    restore_limits_on_exit: bool = True
+
+
 class Settings(BaseSettings):
     """The effective configuration of every accelpilot process."""
 
@@ -88,6 +103,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     stack: StackSettings = StackSettings()
     worker: WorkerSettings = WorkerSettings()
+    agent: AgentSettings = AgentSettings()
 
     @classmethod
     def settings_customise_sources(
