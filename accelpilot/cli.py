@@ -270,9 +270,14 @@ def alerts_remove() -> None:
 
 
 @bench_app.command("collector")
-def bench_collector(as_json: JsonOpt = True) -> None:
-    """Collector CPU per device-tick and bytes per tick."""
-    _not_built("bench collector", 3)
+def bench_collector(
+    as_json: JsonOpt = True,
+    ticks: Annotated[int, typer.Option(help="Ticks per device count.")] = 2000,
+) -> None:
+    """Collector CPU per device-tick (sim backend, 8 and 64 devices) and bytes per tick."""
+    from accelpilot.collectors.bench import bench_collector as run
+
+    typer.echo(json.dumps(run(ticks), indent=2))
 
 
 @bench_app.command("pipeline")
