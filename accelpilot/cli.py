@@ -141,14 +141,18 @@ def worker(
 
 @app.command()
 def demo(
-    config: ConfigOpt = None,
-    scenario: Annotated[Path | None, typer.Option(help="Fleet scenario JSON.")] = None,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Fleet scenario: a .json file or a bundled name.")
+    ] = None,
     duration: Annotated[float, typer.Option(help="Seconds to run (0 = until Ctrl-C).")] = 0,
     port: Annotated[int, typer.Option(help="Console port on 127.0.0.1.")] = 8000,
     headless: Annotated[bool, typer.Option(help="No console, terminal summary only.")] = False,
+    speed: Annotated[float, typer.Option(help="Simulated ticks per wall-clock second.")] = 2.0,
 ) -> None:
-    """Everything in one process on a simulated fleet, with the web console."""
-    _not_built("demo", 8)
+    """Everything in one process on a simulated fleet: no external service, no GPU."""
+    from accelpilot.demo import run_demo
+
+    run_demo(scenario, duration, speed, headless, port)
 
 
 @app.command()
