@@ -53,3 +53,29 @@ def test_compose_points_workers_at_the_compose_services() -> None:
         assert env["ACCELPILOT_KAFKA__BOOTSTRAP_SERVERS"].split(":")[0] in services
         host = env["ACCELPILOT_INFLUX__URL"].split("//")[1].split(":")[0]
         assert host in services
+
+
+def _units() -> list[Path]:
+    return sorted((COMPOSE.parent / "systemd").glob("*.service"))
+
+
+def test_systemd_units_run_real_commands_with_real_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _units()
+    for unit in _units():
+        lines = unit.read_text().splitlines()
+        exec_start = next(ln for ln in lines if ln.startswith("ExecStart="))
+        argv = exec_start.split("=", 1)[1].split()
+        assert argv[0].endswith("/accelpilot"), unit.name
+        command = [a for a in argv[1:] if not a.startswith("-") and "/" not in a]
+        result = CliRunner().invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, f"{unit.name}: {command} -> {result.output}"
+        for ln in lines:
+            if ln.startswith("Environment=ACCELPILOT_"):
+                key, value = ln.removeprefix("Environment=").split("=", 1)
+                monkeypatch.setenv(key, value.replace("%i", "0"))
+                section, field = key.removeprefix("ACCELPILOT_").lower().split("__")
+                assert field in getattr(load_settings(), section).model_fields, key
+        load_settings()  # and together they load
