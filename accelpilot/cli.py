@@ -292,20 +292,41 @@ def bench_pipeline(as_json: JsonOpt = True) -> None:
 
 @bench_app.command("detectors")
 def bench_detectors(as_json: JsonOpt = True) -> None:
-    """Detector throughput, side by side with River."""
-    _not_built("bench detectors", 5)
+    """Detector throughput (device-samples/s), side by side with River's HalfSpaceTrees."""
+    from accelpilot.detectors.bench import bench_detectors as run
+
+    typer.echo(json.dumps(run(), indent=2))
+
+
+DetectorOpt = Annotated[
+    str | None, typer.Option("--detector", "-d", help="Detector name (default: the ensemble).")
+]
 
 
 @detect_app.command("csv")
-def detect_csv(src: Path, out: Annotated[Path, typer.Option()]) -> None:
-    """Score a timestamp,value CSV."""
-    _not_built("detect csv", 5)
+def detect_csv(
+    src: Annotated[Path, typer.Argument(help="A timestamp,value CSV file.")],
+    out: Annotated[Path, typer.Option(help="Output CSV: timestamp,value,anomaly_score.")],
+    detector: DetectorOpt = None,
+) -> None:
+    """Score a timestamp,value CSV, strictly streaming."""
+    from accelpilot.detectors.nab_runner import score_csv
+    from accelpilot.detectors.registry import DEFAULT_DETECTOR
+
+    score_csv(src, out, detector or DEFAULT_DETECTOR)
 
 
 @detect_app.command("nab")
-def detect_nab(data: Annotated[Path, typer.Option()], out: Annotated[Path, typer.Option()]) -> None:
+def detect_nab(
+    data: Annotated[Path, typer.Option(help="NAB data dir: <category>/*.csv.")],
+    out: Annotated[Path, typer.Option(help="Results dir: <category>/<NAME>_<file>.csv.")],
+    detector: DetectorOpt = None,
+) -> None:
     """Write NAB results files for every <category>/*.csv under DATA."""
-    _not_built("detect nab", 5)
+    from accelpilot.detectors.nab_runner import run_nab
+    from accelpilot.detectors.registry import DEFAULT_DETECTOR
+
+    run_nab(data, out, detector or DEFAULT_DETECTOR)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Fakes standing in for vendor libraries and drivers in tests that run without the hardware."""
