@@ -190,10 +190,14 @@ def discover(
         caps = d.capabilities
         limits = caps.power_limits
         table.add_row(
-            d.device_id, d.kind, d.vendor, d.model,
+            d.device_id,
+            d.kind,
+            d.vendor,
+            d.model,
             f"{d.memory_total_bytes / 2**30:.0f} GiB" if d.memory_total_bytes else "-",
             f"{limits.min_w:.0f}-{limits.max_w:.0f} W (default {limits.default_w:.0f})"
-            if limits else "-",
+            if limits
+            else "-",
             ", ".join(f"{k}={v}" for k, v in _caps_summary(caps).items()),
         )
     console = Console()
@@ -214,9 +218,37 @@ def _caps_summary(caps: object) -> dict[str, object]:
 
 
 @app.command()
-def agent(config: ConfigOpt = None) -> None:
-    """Run the host agent: collect, publish, actuate."""
-    _not_built("agent", 3)
+def agent(
+    config: ConfigOpt = None,
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", "-b", help="Backend(s), in order.")
+    ] = None,
+    scenario: Annotated[str | None, typer.Option(help="For the sim backend.")] = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds between ticks.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Never write a device.")] = False,
+    ticks: Annotated[int | None, typer.Option(help="Stop after this many ticks.")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+) -> None:
+    """Run the host agent: collect, publish (disk-buffered), apply verified actions."""
+    import logging
+
+    from accelpilot.collectors.agent import run_agent
+
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    overrides: dict[str, object] = {}
+    if backend:
+        overrides["backends"] = tuple(backend)
+    if scenario:
+        overrides["scenario"] = scenario
+    if interval:
+        overrides["interval_s"] = interval
+    if dry_run:
+        overrides["dry_run"] = True
+    path = config or None
+    settings = load_settings(path, agent=overrides) if overrides else _settings(config)
+    run_agent(settings, max_ticks=ticks)
 
 
 @optimizer_app.command("train")

@@ -69,5 +69,9 @@ class AuditLogError(AccelpilotError):
     """The audit log cannot be opened, continued or written; the message names the file."""
 
 
+class DiskBufferError(AccelpilotError):
+    """The agent's disk buffer cannot be opened or written (busy, permissions, disk full)."""
+
+
 class NotBuiltYetError(AccelpilotError):
     """A command of the product's skeleton whose implementation has not landed yet."""

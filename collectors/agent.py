@@ -23,7 +23,7 @@ from accelpilot.collectors.agent_metrics import AgentMetrics
 from accelpilot.collectors.discovery import Discovery
 from accelpilot.collectors.sampler import Sampler
 from accelpilot.config import Settings
-from accelpilot.errors import SchemaError
+from accelpilot.errors import DiskBufferError, SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.actions import Action
 from accelpilot.schemas.samples import AgentHealth
@@ -73,8 +73,12 @@ class Agent:
         """Sample every device once and hand the payload to the disk buffer (no network)."""
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         sample = self.sampler.sample(self.health())
-        self.publisher.submit(self._key, codec.encode(sample), sample.ts_ns)
         m = self.metrics
+        try:
+            self.publisher.submit(self._key, codec.encode(sample), sample.ts_ns)
+        except (DiskBufferError, ValueError) as e:  # disk full, oversized record: keep sampling
+            m.submit_errors.inc()
+            log.error("sample %d not buffered: %s", sample.seq, e)
         m.ticks.inc()
         m.tick_seconds.set(time.perf_counter() - wall0)
         m.tick_cpu_seconds.set(time.thread_time() - cpu0)
@@ -123,7 +127,9 @@ class Agent:
             bootstrap_servers=s.kafka.bootstrap_servers,
             group_id=f"accelpilot-agent-{s.host_id}",
             enable_auto_commit=False,
-            auto_offset_reset="latest",
+            # A new group starts at the beginning: old actions are refused as expired or
+            # replayed by the verifier, and none published while the agent was joining is lost.
+            auto_offset_reset="earliest",
             consumer_timeout_ms=500,
         )
         producer = KafkaProducer(
@@ -176,6 +182,7 @@ class Agent:
         if self._action_thread is not None:
             self._action_thread.join(timeout=grace_s)
         self.publisher.close(timeout_s=grace_s)
+        self.publisher.buffer.close()
         if self.actuator is not None and self.settings.agent.restore_limits_on_exit:
             restored = self.actuator.restore_caps()
             if restored:
@@ -188,3 +195,74 @@ def state_dir(settings: Settings) -> Path:
     path = settings.agent.buffer_dir.expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def build_agent(settings: Settings) -> Agent:
+    """Wire discovery, the disk buffer and publisher, and (with public keys) the actuator."""
+    from accelpilot.collectors.action_verifier import ActionVerifier, JsonSeqStore
+    from accelpilot.collectors.audit_log import AuditLog
+    from accelpilot.collectors.buffered_publisher import BufferedPublisher
+    from accelpilot.collectors.discovery import discover, make_backend
+    from accelpilot.collectors.disk_buffer import DiskBuffer
+    from accelpilot.errors import ConfigError
+    from accelpilot.schemas.topics import SAMPLES
+    from accelpilot.signing import load_public_keys
+
+    a = settings.agent
+    found = discover([make_backend(n, settings.host_id, scenario=a.scenario) for n in a.backends])
+    for name, why in found.missing.items():
+        log.info("backend %s not used: %s", name, why)
+    if not found.devices:
+        raise ConfigError(
+            "no devices found by any backend ("
+            + "; ".join(f"{k}: {v}" for k, v in found.missing.items())
+            + "); set agent.backends (e.g. sim with agent.scenario) or fix the driver"
+        )
+    home = state_dir(settings)
+    buffer = DiskBuffer(home / "samples", max_bytes=a.buffer_max_bytes)
+    publisher = BufferedPublisher(
+        settings.kafka.bootstrap_servers,
+        settings.topic(SAMPLES),
+        buffer,
+        client_id=f"accelpilot-agent-{settings.host_id}",
+    )
+    actuator = None
+    if a.public_keys is not None:
+        targets = [(b, d) for b in found.backends for d in b.discover()]
+        verifier = ActionVerifier(
+            load_public_keys(a.public_keys.expanduser()),
+            settings.host_id,
+            time.time_ns,
+            JsonSeqStore(home / "action-seq.json", settings.host_id),
+        )
+        actuator = Actuator(
+            settings.host_id,
+            targets,
+            verifier,
+            AuditLog(home / "audit.jsonl"),
+            load_weights_path=home / "load-weights.json",
+            dry_run=a.dry_run,
+        )
+    else:
+        log.warning("agent.public_keys is not set: fleet.actions are ignored")
+    return Agent(settings, found, publisher, actuator=actuator)
+
+
+def run_agent(settings: Settings, max_ticks: int | None = None) -> None:
+    """The `accelpilot agent` main: run until SIGTERM/SIGINT (or ``max_ticks``)."""
+    agent = build_agent(settings)
+    agent.install_signal_handlers()
+    if settings.agent.metrics_port:
+        agent.metrics.serve(settings.agent.metrics_port)
+    agent.publisher.start()
+    agent.start_actions()
+    log.info(
+        "agent %s: %d devices every %.2f s",
+        settings.host_id,
+        len(agent.sampler.device_ids),
+        agent.interval_s,
+    )
+    try:
+        agent.run(max_ticks=max_ticks)
+    finally:
+        agent.shutdown()

@@ -39,6 +39,11 @@ class AgentMetrics:
         self.broker_connected = Gauge(
             "accelpilot_agent_broker_connected", "1 while the broker is reachable", registry=r
         )
+        self.submit_errors = Counter(
+            "accelpilot_agent_submit_errors",
+            "Samples that could not be written to the disk buffer",
+            registry=r,
+        )
         self.actions = Counter(
             "accelpilot_agent_actions", "Action decisions", ["outcome"], registry=r
         )
