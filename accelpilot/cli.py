@@ -252,19 +252,30 @@ def agent(
 
 
 @optimizer_app.command("train")
-def optimizer_train(config: ConfigOpt = None) -> None:
-    """Train the learned power/load policy on generated scenarios."""
-    _not_built("optimizer train", 6)
+def optimizer_train(
+    out: Annotated[
+        Path | None, typer.Option(help="Weights file (default: the shipped prior).")
+    ] = None,
+    minutes: Annotated[float, typer.Option(help="Training budget, at most 10.")] = 2.0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train the learned policy's prior on generated scenarios (CPU, <= 10 minutes)."""
+    from accelpilot.optimizer.train import DEFAULT_PATH, train
+
+    typer.echo(json.dumps(train(out or DEFAULT_PATH, minutes, seed), indent=2))
 
 
 @optimizer_app.command("evaluate")
 def optimizer_evaluate(
-    scenario: Annotated[Path, typer.Option(help="Fleet scenario JSON.")],
+    scenario: Annotated[Path, typer.Option(help="Fleet scenario: a .json file.")],
     policies: Annotated[str, typer.Option()] = "max,static,profile,oracle,learned",
+    seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run policies on a scenario and print the spec's report."""
-    _not_built("optimizer evaluate", 6)
+    """Run policies on one scenario and seed and print the spec's report."""
+    from accelpilot.optimizer.evaluate import evaluate_cli
+
+    typer.echo(evaluate_cli(scenario, policies, as_json, seed))
 
 
 @optimizer_app.command("run")

@@ -1,0 +1,250 @@
+"""The project's ``learned`` policy: model-based, learned online from telemetry.
+
+Every tick it (1) turns the previous tick's telemetry into full-load observations and updates
+:class:`~accelpilot.optimizer.estimator.CurveEstimator` (per stream ``util``/``β``, per device
+efficiency; phase changes are detected from rate residuals), with the offline-trained
+:class:`~accelpilot.optimizer.prior.BetaPrior` as the prior for ``β``; (2) hands the estimated
+model of this tick to the same solver as the oracle (:func:`accelpilot.optimizer.solver.solve`),
+with a small SLO margin; (3) keeps enough devices awake to absorb a demand rise while a parked
+device wakes (``headroom``); (4) passes the result through the
+:class:`~accelpilot.optimizer.safety.SafetyEnvelope`. Before it has any data it runs every cap
+at ``tdp_w`` with even weights (the ``max`` baseline), which is also where the first
+observations come from. It never sees phase parameters, faults or the schedule.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from numpy.typing import NDArray
+
+from accelpilot.optimizer.estimator import CurveEstimator
+from accelpilot.optimizer.facts import FleetFacts, Observation
+from accelpilot.optimizer.prior import BetaPrior, prior_beta
+from accelpilot.optimizer.safety import SafetyConfig, SafetyEnvelope
+from accelpilot.optimizer.simulator import Controls
+from accelpilot.optimizer.solver import Plan, TickModel, solve
+from accelpilot.optimizer.telemetry import THROTTLE_HW_THERMAL_SLOWDOWN
+
+Array = NDArray[np.float64]
+Mask = NDArray[np.bool_]
+
+_UNSET = object()
+
+
+class LearnedPolicy:
+    name = "learned"
+    privileged = False
+
+    def __init__(
+        self,
+        facts: FleetFacts,
+        *,
+        prior: BetaPrior | object | None = _UNSET,
+        safety: SafetyConfig | None = None,
+        slo_margin: float = 0.01,
+        headroom: float = 1.25,
+        max_configs: int = 4096,
+    ) -> None:
+        self.facts = facts
+        self.prior = BetaPrior.load() if prior is _UNSET else prior
+        self.estimator = CurveEstimator(facts)
+        self.safety = SafetyEnvelope(facts, safety)
+        self.slo_margin = slo_margin
+        self.headroom = headroom
+        self.max_configs = max_configs
+        n = facts.n_devices
+        self._parked = np.zeros(n, dtype=bool)
+        self._wake_left_s = np.zeros(n)
+        self._weights = facts.even_weights.copy()
+        self._demand_prev: Array | None = None
+        self._cache: dict[bytes, Plan] = {}
+        self.methods: set[str] = set()
+        self.solves = 0
+        self._stream_kind = [
+            Counter(
+                k for k, m in zip(facts.kinds, facts.membership[s], strict=True) if m
+            ).most_common(1)[0][0]
+            for s in range(facts.n_streams)
+        ]
+
+    # -- the policy --------------------------------------------------------------------------
+
+    def decide(self, obs: Observation) -> Controls:
+        f = self.facts
+        tel = obs.telemetry
+        if tel is not None:
+            self._ingest(obs)
+        self.safety.observe(obs, self._uncapped_estimate(tel))
+        active = obs.demand_rate > 0
+        known = all(self.estimator.est[s].fitted for s in np.flatnonzero(active))
+        if tel is None or not known:
+            raw = Controls(
+                caps_w=f.tdp_w.copy(),
+                weights=self._fallback_weights(obs),
+                standby=self._parked.copy(),
+            )
+        else:
+            raw = self._optimize(obs)
+        out = self.safety.apply(raw)
+        park = (
+            np.zeros(f.n_devices, dtype=bool)
+            if out.standby is None
+            else np.asarray(out.standby, dtype=bool)
+        )
+        self._track_power_states(park, tel)
+        self._weights = np.asarray(out.weights, dtype=float)
+        self._demand_prev = obs.demand_rate
+        return out
+
+    def _fallback_weights(self, obs: Observation) -> Array:
+        f = self.facts
+        ok = ~self._parked & (self._wake_left_s <= 0)
+        if obs.telemetry is not None:
+            ok &= obs.telemetry.reporting
+        w = f.membership & ok[None, :]
+        w = np.where(w.any(axis=1, keepdims=True), w, f.membership).astype(float)
+        return w / w.sum(axis=1, keepdims=True)
+
+    def _ingest(self, obs: Observation) -> None:
+        tel = obs.telemetry
+        assert tel is not None
+        if self._demand_prev is None:
+            return
+        assigned = self._weights * self._demand_prev[:, None]
+        throttled = (
+            np.nan_to_num(tel.throttle_reasons_mask, nan=0).astype(np.int64)
+            & THROTTLE_HW_THERMAL_SLOWDOWN
+        ) > 0
+        usable = tel.reporting & ~throttled & ~self.safety.anomalous & ~self._parked
+        usable &= self._wake_left_s <= 0
+        for d in np.flatnonzero(usable):
+            streams = np.flatnonzero(assigned[:, d] > 0)
+            if len(streams) != 1:
+                continue
+            self.estimator.add(
+                int(streams[0]),
+                int(d),
+                float(tel.cap_w[d]),
+                float(tel.power_w[d]),
+                float(tel.work_rate[d]),
+                float(tel.util_pct[d]) / 100.0,
+            )
+        priors = np.array(
+            [
+                prior_beta(self.prior, e.util, self._stream_kind[s])  # type: ignore[arg-type]
+                for s, e in enumerate(self.estimator.est)
+            ]
+        )
+        self.estimator.refit(priors)
+
+    def _model(self, obs: Observation) -> TickModel:
+        f, tel = self.facts, obs.telemetry
+        assert tel is not None
+        est = self.estimator
+        util = np.array([round(e.util, 3) for e in est.est])
+        beta = np.array([round(e.beta, 3) for e in est.est])
+        eff = np.round(est.eff, 3)
+        throttled = (
+            np.nan_to_num(tel.throttle_reasons_mask, nan=0).astype(np.int64)
+            & THROTTLE_HW_THERMAL_SLOWDOWN
+        ) > 0
+        pinned = self.safety.anomalous & tel.reporting
+        fixed = np.where(throttled, f.min_cap_w, np.where(pinned, f.tdp_w, np.nan))
+        off = ~tel.reporting
+        waking = (self._wake_left_s > 0) & ~self._parked
+        cap_full = self._capacity(util, beta, eff, np.where(throttled, f.min_cap_w, f.tdp_w))
+        uncapped = (cap_full * ~off[None, :]).sum(axis=1)
+        slo = np.minimum(obs.demand_rate, uncapped) / f.max_slowdown * (1 + self.slo_margin)
+        return TickModel(
+            util=util,
+            beta=beta,
+            demand_rate=obs.demand_rate.copy(),
+            slo_rate=np.round(slo, 3),
+            rate_factor=eff,
+            fixed_cap_w=fixed,
+            down=off | waking,
+            parked=self._parked & ~off,
+        )
+
+    def _uncapped_estimate(self, tel: object) -> Array | None:
+        est = self.estimator
+        if tel is None or not all(e.fitted for e in est.est):
+            return None
+        util = np.array([e.util for e in est.est])
+        beta = np.array([e.beta for e in est.est])
+        full = self._capacity(util, beta, est.eff, self.facts.tdp_w)
+        return (full * tel.reporting[None, :]).sum(axis=1)  # type: ignore[attr-defined]
+
+    def _capacity(self, util: Array, beta: Array, eff: Array, cap_w: Array) -> Array:
+        """(streams, devices) estimated full-load rate at ``cap_w`` of each member device."""
+        f = self.facts
+        dyn = f.tdp_w - f.idle_w
+        x = np.minimum(1.0, (cap_w[None, :] - f.idle_w) / (util[:, None] * dyn))
+        r = f.peak_rate * eff * util[:, None] * np.maximum(x, 0.0) ** beta[:, None]
+        return r * f.membership
+
+    def _optimize(self, obs: Observation) -> Controls:
+        f = self.facts
+        model = self._model(obs)
+        # Wake parked devices when the awake capacity cannot absorb a demand rise.
+        full = self._capacity(model.util, model.beta, model.rate_factor, f.tdp_w)
+        need = self.headroom * obs.demand_rate
+        usable = ~model.down & ~model.parked
+        wake = np.zeros(f.n_devices, dtype=bool)
+        for s in np.flatnonzero(obs.demand_rate > 0):
+            have = float((full[s] * (usable | (self._wake_left_s > 0))).sum())
+            for d in np.argsort(-full[s]):
+                if have >= need[s]:
+                    break
+                if model.parked[d] and f.membership[s, d] and not wake[d]:
+                    wake[d] = True
+                    have += full[s, d]
+        if wake.any():
+            model = TickModel(
+                util=model.util,
+                beta=model.beta,
+                demand_rate=model.demand_rate,
+                slo_rate=model.slo_rate,
+                rate_factor=model.rate_factor,
+                fixed_cap_w=model.fixed_cap_w,
+                down=model.down | wake,
+                parked=model.parked & ~wake,
+            )
+        plan = self._plan(model)
+        park = plan.standby.copy()
+        # Keep enough awake capacity (headroom) among devices the plan would park.
+        for s in np.flatnonzero(obs.demand_rate > 0):
+            awake = ~park & ~model.down | (model.down & (self._wake_left_s > 0)) | wake
+            have = float((full[s] * awake).sum())
+            for d in np.argsort(-full[s]):
+                if have >= need[s]:
+                    break
+                if park[d] and f.membership[s, d] and not model.parked[d]:
+                    park[d] = False
+                    have += full[s, d]
+        return Controls(caps_w=plan.caps_w, weights=plan.weights, standby=park)
+
+    def _plan(self, model: TickModel) -> Plan:
+        key = model.key()
+        plan = self._cache.get(key)
+        if plan is None:
+            plan = solve(self.facts, model, max_configs=self.max_configs)
+            self.solves += 1
+            self.methods.add(plan.method)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = plan
+        return plan
+
+    def _track_power_states(self, park: Mask, tel: object) -> None:
+        f = self.facts
+        off = np.zeros(f.n_devices, dtype=bool)
+        if tel is not None:
+            off = ~tel.reporting  # type: ignore[attr-defined]
+        wl = np.where(self._parked & ~park, f.wake_s, self._wake_left_s)
+        parked = park & ~off
+        wl = np.where(parked | off, 0.0, wl)
+        self._parked = parked
+        self._wake_left_s = np.maximum(wl - f.tick_s, 0.0)

@@ -1,0 +1,468 @@
+"""One tick's fleet optimum: caps, load shares and standby minimizing joules per work unit.
+
+Used by the oracle (with the true phase parameters and faults) and by the learned policy (with
+its estimates). The math is derived in docs/optimizer.md; in short:
+
+* A device serving rate ``r`` of one stream at the smallest cap that delivers it draws
+  ``idle + f(r)`` with ``f`` convex and increasing: linear ``a·r`` up to ``R_lo = R(min_cap)``,
+  then ``u·D·(r / (pk·u))^(1/β)`` up to ``R_max = R(tdp)``. Its cap is then
+  ``idle + u·D·max(x_lo, (r / (pk·u))^(1/β))`` (convex too).
+* For a fixed *configuration* (each device parked or working for exactly one stream) the tick's
+  problem ``min E(r) / W(r)`` subject to the SLO ``L_s ≤ Σ r ≤ demand_s``, ``0 ≤ r ≤ R_max`` and
+  the budget ``Σ caps ≤ B`` is a convex-over-linear fractional program: Dinkelbach iterations,
+  each a separable convex problem solved by per-stream water-filling on the marginal price
+  (bisection in log-price, ties on linear segments filled greedily), the budget by a multiplier.
+* Configurations are enumerated exactly, up to symmetry (identical devices are interchangeable,
+  so only *how many* of a class take each option matters). Past ``max_configs`` the solver falls
+  back to a documented relaxation: local search over single-device moves from "all awake".
+
+All configurations are solved at once (arrays ``(configs, devices)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from accelpilot.optimizer.facts import FleetFacts
+
+Array = NDArray[np.float64]
+Mask = NDArray[np.bool_]
+
+PARK = -1  # configuration code: device in standby
+DOWN = -2  # device cannot work this tick (off the bus, waking): draws idle_w
+MAX_CONFIGS = 4096
+BETA_MAX = 1.0 - 1e-6
+SLO_MARGIN = 1e-6  # relative: served ≥ slo·(1 + margin) so rounding never reads as a violation
+_BISECT = 64
+_DINKELBACH_TOL = 1e-10
+_NU_BISECT = 40
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TickModel:
+    """What the solver assumes about one tick (true for the oracle, estimated for a policy).
+
+    Per stream: ``util``, ``beta`` of the active phase, ``demand_rate``, ``slo_rate`` (the least
+    it must be served). Per device: ``rate_factor`` (1, or 0.8 in an ECC storm), ``fixed_cap_w``
+    (NaN = free; ``min_cap_w`` while thermally throttled, ``tdp_w`` for a device pinned by the
+    safety envelope), ``down`` (cannot work, draws ``idle_w``: off the bus or waking) and
+    ``parked`` (in standby and staying there this tick).
+    """
+
+    util: Array
+    beta: Array
+    demand_rate: Array
+    slo_rate: Array
+    rate_factor: Array
+    fixed_cap_w: Array
+    down: Mask
+    parked: Mask
+
+    def key(self) -> bytes:
+        parts = (
+            self.util,
+            self.beta,
+            self.demand_rate,
+            self.slo_rate,
+            self.rate_factor,
+            np.nan_to_num(self.fixed_cap_w, nan=-1.0),
+            self.down,
+            self.parked,
+        )
+        return b"|".join(np.ascontiguousarray(p).tobytes() for p in parts)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Plan:
+    """The solver's answer: controls plus what it expects them to yield."""
+
+    caps_w: Array
+    weights: Array
+    standby: Mask
+    rate: Array  # (devices,) planned work rate
+    assign: NDArray[np.int64]  # (devices,) stream index, PARK or DOWN
+    power_w: float
+    work_rate: float
+    method: str  # "exact" or "local-search"
+    configs: int
+    feasible: bool
+
+    @property
+    def j_per_unit(self) -> float:
+        return self.power_w / self.work_rate if self.work_rate > 0 else math.inf
+
+
+def solve(facts: FleetFacts, model: TickModel, *, max_configs: int = MAX_CONFIGS) -> Plan:
+    """The tick's optimum (see the module docstring)."""
+    opts = _options(facts, model)
+    classes = _classes(facts, model, opts)
+    n_conf = 1
+    for devs, o in classes:
+        n_conf *= math.comb(len(devs) + len(o) - 1, len(o) - 1)
+    if n_conf <= max_configs:
+        assign = _enumerate(classes, facts.n_devices)
+        method = "exact"
+    else:
+        assign = None
+        method = "local-search"
+    batch = _Batch(facts, model)
+    if assign is None:
+        assign = _local_search(batch, opts)
+    res = batch.solve(assign)
+    best = _pick(res)
+    return _realize(facts, model, assign[best], res, best, method, len(assign))
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations
+
+
+def _options(facts: FleetFacts, m: TickModel) -> list[tuple[int, ...]]:
+    active = m.demand_rate > 0
+    out = []
+    for d in range(facts.n_devices):
+        if m.down[d]:
+            out.append((DOWN,))
+        elif m.parked[d]:
+            out.append((PARK,))
+        else:
+            streams = [s for s in range(facts.n_streams) if active[s] and facts.membership[s, d]]
+            out.append((PARK, *streams))
+    return out
+
+
+def _classes(
+    facts: FleetFacts, m: TickModel, opts: list[tuple[int, ...]]
+) -> list[tuple[list[int], tuple[int, ...]]]:
+    groups: dict[tuple[object, ...], list[int]] = {}
+    fixed = np.nan_to_num(m.fixed_cap_w, nan=-1.0)
+    for d in range(facts.n_devices):
+        key = (
+            opts[d],
+            facts.idle_w[d],
+            facts.tdp_w[d],
+            facts.min_cap_w[d],
+            facts.peak_rate[d],
+            facts.standby_w[d],
+            m.rate_factor[d],
+            fixed[d],
+        )
+        groups.setdefault(key, []).append(d)
+    return [(devs, key[0]) for key, devs in groups.items()]  # type: ignore[misc]
+
+
+def _enumerate(classes: list[tuple[list[int], tuple[int, ...]]], n_dev: int) -> NDArray[np.int64]:
+    per_class = []
+    for devs, o in classes:
+        rows = [
+            [o[i] for i in combo]
+            for combo in itertools.combinations_with_replacement(range(len(o)), len(devs))
+        ]
+        per_class.append((devs, rows))
+    combos = list(itertools.product(*(rows for _, rows in per_class)))
+    out = np.empty((len(combos), n_dev), dtype=np.int64)
+    for c, combo in enumerate(combos):
+        for (devs, _), row in zip(per_class, combo, strict=True):
+            out[c, devs] = row
+    return out
+
+
+def _local_search(batch: _Batch, opts: list[tuple[int, ...]]) -> NDArray[np.int64]:
+    """Relaxation for large fleets: start all awake (each device on its first stream), apply the
+    best single-device option change while it lowers J/unit; return the visited configurations."""
+    cur = np.array([o[1] if len(o) > 1 else o[0] for o in opts], dtype=np.int64)
+    seen = [cur.copy()]
+    best = _score(batch.solve(cur[None, :]), 0)
+    for _ in range(4 * len(opts)):
+        cands = []
+        for d, o in enumerate(opts):
+            for v in o:
+                if v != cur[d]:
+                    c = cur.copy()
+                    c[d] = v
+                    cands.append(c)
+        if not cands:
+            break
+        arr = np.array(cands)
+        res = batch.solve(arr)
+        scores = [_score(res, i) for i in range(len(arr))]
+        i = int(np.argmin(scores))
+        if scores[i] >= best:
+            break
+        best, cur = scores[i], arr[i]
+        seen.append(cur.copy())
+    return np.array(seen)
+
+
+def _score(res: _Result, i: int) -> float:
+    return (0.0 if res.feasible[i] else 1e18 * (1.0 + res.shortfall[i])) + float(res.ratio[i])
+
+
+def _pick(res: _Result) -> int:
+    return int(np.argmin([_score(res, i) for i in range(len(res.ratio))]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The continuous problem for a batch of configurations
+
+
+@dataclass(slots=True)
+class _Result:
+    rate: Array  # (C, D)
+    caps: Array  # (C, D)
+    power: Array  # (C,)
+    work: Array  # (C,)
+    ratio: Array  # (C,)
+    feasible: Mask  # (C,)
+    shortfall: Array  # (C,) relative unmet SLO when infeasible
+
+
+class _Batch:
+    def __init__(self, facts: FleetFacts, m: TickModel) -> None:
+        self.f = facts
+        self.m = m
+        self.dyn = facts.tdp_w - facts.idle_w
+        self.pk = facts.peak_rate * m.rate_factor
+        self.fixed = ~np.isnan(m.fixed_cap_w)
+        self.cap_lo = np.where(self.fixed, m.fixed_cap_w, facts.min_cap_w)
+        self.budget = None if facts.budget_w is None else facts.budget_w * (1.0 - 1e-9)
+
+    def solve(self, assign: NDArray[np.int64]) -> _Result:
+        f, m = self.f, self.m
+        n_str = f.n_streams
+        on = assign >= 0
+        sidx = np.where(on, assign, 0)
+        u = m.util[sidx]
+        b = np.minimum(m.beta[sidx], BETA_MAX)
+        ud = u * self.dyn
+        x_lo = np.clip((self.cap_lo - f.idle_w) / ud, 0.0, 1.0)
+        r_lo = self.pk * u * x_lo**b
+        r_max = np.where(self.fixed, r_lo, self.pk * u) * on
+        a = self.dyn * x_lo ** (1.0 - b) / self.pk
+        member = (assign[:, None, :] == np.arange(n_str)[None, :, None]).astype(float)
+        capacity = (member * r_max[:, None, :]).sum(axis=2)
+        lower = m.slo_rate * (1.0 + SLO_MARGIN)
+        upper = np.maximum(m.demand_rate, lower)
+        short = np.maximum(lower[None, :] - capacity, 0.0)
+        feasible = (short <= 1e-12 * np.maximum(lower, 1.0)).all(axis=1)
+        shortfall = (short / np.maximum(lower, 1e-12)).sum(axis=1)
+        lo_t = np.minimum(lower[None, :], capacity)
+        hi_t = np.minimum(upper[None, :], capacity)
+        p = _Params(u, b, ud, x_lo, r_lo, r_max, a, on, self.pk, self.dyn, self.fixed, member)
+        base_idle = np.where(assign == PARK, f.standby_w, f.idle_w).sum(
+            axis=1
+        )  # awake, down and waking draw idle
+        cap_floor = np.where(on, 0.0, f.min_cap_w).sum(axis=1) + np.where(
+            on & self.fixed, self.cap_lo, 0.0
+        ).sum(axis=1)
+
+        def evaluate(r: Array) -> tuple[Array, Array, Array]:
+            dyn_p = _dyn_power(p, r)
+            caps = _caps(p, r, f.idle_w, self.cap_lo)
+            return base_idle + dyn_p.sum(axis=1), r.sum(axis=1), caps
+
+        def inner(lam: Array) -> Array:
+            r = _water_fill(p, lam, np.zeros_like(lam), lo_t, hi_t)
+            if self.budget is None:
+                return r
+            caps_sum = _cap_sum(p, r, f.idle_w, cap_floor)
+            viol = caps_sum > self.budget
+            if not viol.any():
+                return r
+            nu_lo = np.full(lam.shape, -14.0)
+            nu_hi = np.full(lam.shape, 10.0)
+            for _ in range(_NU_BISECT):
+                mid = 0.5 * (nu_lo + nu_hi)
+                rr = _water_fill(p, lam, np.exp(mid), lo_t, hi_t)
+                over = _cap_sum(p, rr, f.idle_w, cap_floor) > self.budget
+                nu_lo = np.where(over, mid, nu_lo)
+                nu_hi = np.where(over, nu_hi, mid)
+            r_nu = _water_fill(p, lam, np.exp(nu_hi), lo_t, hi_t)
+            return np.where(viol[:, None], r_nu, r)
+
+        lam = np.zeros(len(assign))
+        r = inner(lam)
+        power, work, _ = evaluate(r)
+        lam = np.where(work > 0, power / np.maximum(work, 1e-300), 0.0)
+        for _ in range(40):
+            r_new = inner(lam)
+            power, work, _ = evaluate(r_new)
+            obj = power - lam * work
+            new_lam = np.where(work > 0, power / np.maximum(work, 1e-300), lam)
+            improved = obj < -_DINKELBACH_TOL * np.maximum(power, 1.0)
+            r = np.where(improved[:, None], r_new, r)
+            if not improved.any():
+                break
+            lam = np.where(improved, new_lam, lam)
+        power, work, caps = evaluate(r)
+        if self.budget is not None:
+            feasible &= _cap_sum(p, r, f.idle_w, cap_floor) <= self.budget * (1 + 1e-9)
+        ratio = np.where(work > 0, power / np.maximum(work, 1e-300), np.inf)
+        none_active = not (m.demand_rate > 0).any()
+        if none_active:
+            ratio = power  # nothing to serve: least power wins
+        return _Result(r, caps, power, work, ratio, feasible, shortfall)
+
+
+@dataclass(slots=True)
+class _Params:
+    u: Array
+    b: Array
+    ud: Array
+    x_lo: Array
+    r_lo: Array
+    r_max: Array
+    a: Array
+    on: Mask
+    pk: Array
+    dyn: Array
+    fixed: Mask
+    member: Array  # (C, S, D) float
+
+
+def _rate_at_price(p: _Params, price: Array, nu: Array) -> Array:
+    """Per device the rate minimizing ``f(r) + nu·cap(r) - price·r`` (left limit at ties)."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        base = price * p.b * p.pk / ((1.0 + nu[:, None]) * p.dyn)
+        curve = p.pk * p.u * base ** (p.b / (1.0 - p.b))
+    curve = np.where(np.isfinite(curve), curve, p.r_max)
+    free = np.clip(curve, p.r_lo, p.r_max)
+    r = np.where(p.fixed, p.r_max, free)
+    return np.where((price > p.a) & p.on, r, 0.0)
+
+
+def _water_fill(p: _Params, lam: Array, nu: Array, lo_t: Array, hi_t: Array) -> Array:
+    """Rates for multiplier ``lam`` (per config): each stream's total is its unconstrained
+    optimum clipped into ``[lo_t, hi_t]``, reached by bisection on the stream's price."""
+    member = p.member
+    n_c, n_s, _ = member.shape
+    price0 = lam[:, None, None] * np.ones((1, n_s, 1))
+    r0 = _rate_at_price(p, np.einsum("csd->cd", price0 * member), nu)
+    s0 = np.einsum("csd,cd->cs", member, r0)
+    target = np.clip(s0, lo_t, hi_t)
+    need = np.abs(target - s0) > 1e-12 * np.maximum(target, 1.0)
+    if not need.any():
+        return r0
+    lo = np.full((n_c, n_s), math.log(float(p.a[p.on].min()) * 0.5) if p.on.any() else -30.0)
+    hi = np.full((n_c, n_s), math.log(_max_marginal(p, nu) * 2.0 + 1e-30))
+    for _ in range(_BISECT):
+        mid = 0.5 * (lo + hi)
+        price = np.einsum("cs,csd->cd", np.exp(mid), member)
+        s = np.einsum("csd,cd->cs", member, _rate_at_price(p, price, nu))
+        below = s < target
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    r_lo = _rate_at_price(p, np.einsum("cs,csd->cd", np.exp(lo), member), nu)
+    r_hi = _rate_at_price(p, np.einsum("cs,csd->cd", np.exp(hi), member), nu)
+    s_lo = np.einsum("csd,cd->cs", member, r_lo)
+    delta = np.maximum(target - s_lo, 0.0)
+    inc = np.maximum(r_hi - r_lo, 0.0)
+    inc_s = member * inc[:, None, :]
+    cum = np.cumsum(inc_s, axis=2)
+    fill = np.clip(delta[:, :, None] - (cum - inc_s), 0.0, inc_s).sum(axis=1)
+    r = r_lo + fill
+    keep = ~need
+    keep_d = np.einsum("cs,csd->cd", keep.astype(float), member) > 0.5
+    return np.where(keep_d, r0, r)
+
+
+def _max_marginal(p: _Params, nu: Array) -> float:
+    b = p.b
+    m = (1.0 + nu.max()) * p.dyn / (b * p.pk)
+    return float(max(m[p.on].max() if p.on.any() else 1.0, p.a[p.on].max() if p.on.any() else 1.0))
+
+
+def _dyn_power(p: _Params, r: Array) -> Array:
+    """``f(r)`` per device: linear to ``R_lo``, power law beyond (fixed caps: linear)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        law = p.ud * (r / (p.pk * p.u)) ** (1.0 / p.b)
+    f = np.where((r <= p.r_lo) | p.fixed, p.a * r, law)
+    return np.where(p.on, f, 0.0)
+
+
+def _caps(p: _Params, r: Array, idle_w: Array, cap_lo: Array) -> Array:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.maximum(p.x_lo, (r / (p.pk * p.u)) ** (1.0 / p.b))
+    free = idle_w + p.ud * np.minimum(x, 1.0)
+    return np.where(p.fixed, cap_lo, np.maximum(free, cap_lo))
+
+
+def _cap_sum(p: _Params, r: Array, idle_w: Array, cap_floor: Array) -> Array:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.maximum(p.x_lo, (r / (p.pk * p.u)) ** (1.0 / p.b))
+    free = np.maximum(idle_w + p.ud * np.minimum(x, 1.0), idle_w + p.ud * p.x_lo)
+    return np.where(p.on & ~p.fixed, free, 0.0).sum(axis=1) + cap_floor
+
+
+# ---------------------------------------------------------------------------------------------
+# From the optimum to controls
+
+
+def _realize(
+    facts: FleetFacts,
+    m: TickModel,
+    assign: NDArray[np.int64],
+    res: _Result,
+    i: int,
+    method: str,
+    n_conf: int,
+) -> Plan:
+    rate = res.rate[i]
+    caps = np.where(assign >= 0, res.caps[i], facts.min_cap_w)
+    caps = np.where(np.isnan(m.fixed_cap_w), caps, m.fixed_cap_w)
+    caps = np.clip(caps + 1e-9 * facts.tdp_w, facts.min_cap_w, facts.tdp_w)
+    weights = np.zeros((facts.n_streams, facts.n_devices))
+    for s in range(facts.n_streams):
+        demand = float(m.demand_rate[s])
+        mine = assign == s
+        if demand <= 0 or not mine.any():
+            continue
+        r_s = np.where(mine, rate, 0.0)
+        tot = float(r_s.sum())
+        if tot <= 0:
+            continue
+        if tot >= demand * (1.0 - 1e-12):
+            weights[s] = r_s / tot
+            continue
+        w = r_s / demand
+        excess = 1.0 - tot / demand
+        sinks = np.flatnonzero(facts.membership[s] & ((assign == PARK) | (assign == DOWN)))
+        if sinks.size:
+            w[sinks[0]] += excess
+        else:
+            sat = _saturated(facts, m, s, caps, r_s) & mine
+            if sat.any():
+                j = int(np.argmax(np.where(sat, r_s, -1.0)))
+                w[j] += excess
+            else:
+                w = r_s / tot
+        weights[s] = w
+    return Plan(
+        caps_w=caps,
+        weights=weights,
+        standby=assign == PARK,
+        rate=rate,
+        assign=assign,
+        power_w=float(res.power[i]),
+        work_rate=float(res.work[i]),
+        method=method,
+        configs=n_conf,
+        feasible=bool(res.feasible[i]),
+    )
+
+
+def _saturated(facts: FleetFacts, m: TickModel, s: int, caps: Array, r: Array) -> Mask:
+    """Devices whose full-load rate at ``caps`` does not exceed their planned rate: giving them
+    more share changes nothing, so they can absorb a share the plan does not serve."""
+    u, b = m.util[s], min(m.beta[s], BETA_MAX)
+    dyn = facts.tdp_w - facts.idle_w
+    eff_cap = np.where(np.isnan(m.fixed_cap_w), caps, m.fixed_cap_w)
+    p_dem = facts.idle_w + u * dyn
+    x = (np.minimum(p_dem, eff_cap) - facts.idle_w) / (u * dyn)
+    full = facts.peak_rate * m.rate_factor * u * np.maximum(x, 0.0) ** b
+    return (full <= r * (1.0 + 1e-7)) & (r > 0)

@@ -1,0 +1,168 @@
+"""The oracle's per-tick optimum: brute force on small fleets cannot beat it, it never violates
+the SLO when the SLO is feasible, and it reports which method it used."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+
+from accelpilot.optimizer import physics
+from accelpilot.optimizer.evaluate import run_policy
+from accelpilot.optimizer.facts import FleetFacts
+from accelpilot.optimizer.generate import generate
+from accelpilot.optimizer.oracle import OraclePolicy, true_model
+from accelpilot.optimizer.scenario import parse_scenario
+from accelpilot.optimizer.simulator import FleetSimulator
+from accelpilot.optimizer.solver import solve
+
+
+def _scenario(devices: list[dict[str, Any]], streams: list[dict[str, Any]], **obj: Any):
+    return parse_scenario(
+        {
+            "name": "small",
+            "duration_s": 1,
+            "tick_s": 1,
+            "seed": 1,
+            "objective": {
+                "max_slowdown": obj.get("ms", 1.1),
+                "fleet_power_budget_w": obj.get("budget"),
+            },
+            "devices": devices,
+            "streams": streams,
+        }
+    )
+
+
+def _dev(i: int, idle: float, tdp: float, lo: float, peak: float) -> dict[str, Any]:
+    return {
+        "id": f"d{i}",
+        "kind": "gpu",
+        "vendor": "x",
+        "model": f"m{idle}",
+        "idle_w": idle,
+        "tdp_w": tdp,
+        "min_cap_w": lo,
+        "peak_rate": peak,
+    }
+
+
+def _oracle_tick(sc) -> tuple[float, bool]:
+    facts = FleetFacts.from_scenario(sc)
+    sim = FleetSimulator(sc)
+    c = sim.conditions()
+    plan = solve(
+        facts,
+        true_model(
+            facts, c.util, c.beta, c.demand_rate, c.slo_rate, c.ecc_storm, c.throttle, c.off_bus
+        ),
+    )
+    truth = sim.step(plan.caps_w, plan.weights, plan.standby).truth
+    return float(truth.power_w.sum() / truth.served_rate.sum()), bool(truth.slo_violated.any())
+
+
+def _brute_one_stream(sc, n_caps: int = 121, n_w: int = 101) -> float:
+    """Grid over every device's cap, the load split and standby (physics functions only)."""
+    facts = FleetFacts.from_scenario(sc)
+    c = FleetSimulator(sc).conditions()
+    st = sc.streams[0]
+    u, b, demand, slo = c.util[0], c.beta[0], c.demand_rate[0], c.slo_rate[0]
+    n = facts.n_devices
+    caps = [np.linspace(facts.min_cap_w[d], facts.tdp_w[d], n_caps) for d in range(n)]
+    best = np.inf
+    splits = [
+        np.array(w)
+        for w in itertools.product(np.linspace(0, 1, n_w), repeat=n - 1)
+        if sum(w) <= 1 + 1e-12
+    ]
+    grids = np.meshgrid(*caps, indexing="ij")
+    cap_arr = np.stack([g.ravel() for g in grids], axis=1)  # (K, n)
+    p, r = physics.capped_rate(facts.peak_rate, facts.idle_w, facts.tdp_w, u, b, cap_arr)
+    for park in itertools.product([False, True], repeat=n):
+        park_a = np.array(park)
+        if park_a.all():
+            continue
+        for w in splits:
+            ww = np.append(w, 1 - w.sum())
+            served = np.where(park_a, 0.0, np.minimum(ww * demand, r))
+            power = np.where(
+                park_a, facts.standby_w, facts.idle_w + (p - facts.idle_w) * served / r
+            )
+            tot = served.sum(axis=1)
+            ok = tot >= slo * (1 - 1e-12)
+            if facts.budget_w is not None:
+                ok &= cap_arr.sum(axis=1) <= facts.budget_w
+            if ok.any():
+                best = min(best, float((power.sum(axis=1)[ok] / tot[ok]).min()))
+    assert len(st.devices) == n
+    return best
+
+
+@pytest.mark.parametrize(
+    ("devices", "phase", "demand", "budget"),
+    [
+        ([_dev(0, 70, 700, 200, 1000), _dev(1, 70, 700, 200, 1000)], (0.33, 0.95), 1500, None),
+        ([_dev(0, 70, 700, 200, 1000), _dev(1, 55, 400, 150, 700)], (0.12, 0.7), 900, None),
+        ([_dev(0, 70, 700, 200, 1000), _dev(1, 55, 400, 150, 700)], (0.25, 0.85), 300, None),
+        ([_dev(0, 70, 700, 200, 1000), _dev(1, 90, 750, 300, 1100)], (0.3, 0.9), 1700, 900),
+    ],
+)
+def test_oracle_matches_brute_force_on_two_devices(devices, phase, demand, budget) -> None:
+    beta, util = phase
+    sc = _scenario(
+        devices,
+        [
+            {
+                "id": "s",
+                "demand_rate": demand,
+                "devices": ["d0", "d1"],
+                "phases": [{"at_s": 0, "beta": beta, "util": util}],
+            }
+        ],
+        budget=budget,
+    )
+    oracle_jpu, violated = _oracle_tick(sc)
+    brute = _brute_one_stream(sc)
+    assert not violated
+    assert oracle_jpu <= brute * (1 + 1e-6)  # nothing on the grid beats the oracle
+    assert oracle_jpu >= brute * (1 - 0.01)  # and the fine grid gets close to it
+
+
+def test_oracle_matches_brute_force_on_three_devices() -> None:
+    devices = [_dev(0, 70, 700, 200, 1000), _dev(1, 55, 400, 150, 700), _dev(2, 60, 400, 150, 640)]
+    sc = _scenario(
+        devices,
+        [
+            {
+                "id": "s",
+                "demand_rate": 1200,
+                "devices": ["d0", "d1", "d2"],
+                "phases": [{"at_s": 0, "beta": 0.2, "util": 0.8}],
+            }
+        ],
+    )
+    oracle_jpu, violated = _oracle_tick(sc)
+    brute = _brute_one_stream(sc, n_caps=21, n_w=21)
+    assert not violated
+    assert oracle_jpu <= brute * (1 + 1e-6)
+    assert oracle_jpu >= brute * (1 - 0.05)
+
+
+@pytest.mark.parametrize("seed", [101, 202, 303])
+def test_oracle_never_violates_a_feasible_slo(seed: int) -> None:
+    sc = generate(seed, duration_s=240)
+    totals, _ = run_policy(sc, OraclePolicy(sc))
+    # every stream-tick in these scenarios is feasible (the SLO counts uncapped capacity)
+    assert totals.slo_violation_fraction == 0.0
+
+
+def test_oracle_reports_its_method() -> None:
+    sc = generate(7, duration_s=60)
+    pol = OraclePolicy(sc)
+    run_policy(sc, pol)
+    assert pol.methods == {"exact"}
+    small = OraclePolicy(sc, max_configs=1)
+    run_policy(sc, small)
+    assert small.methods == {"local-search"}
