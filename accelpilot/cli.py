@@ -298,22 +298,134 @@ def dashboards_push(
     _not_built("dashboards push", 7)
 
 
+def _alerts_store(config: Path | None) -> Path:
+    path = _settings(config).alerts.store_path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @alerts_app.command("subscribe")
-def alerts_subscribe() -> None:
-    """Add an alert subscription."""
-    _not_built("alerts subscribe", 7)
+def alerts_subscribe(
+    name: Annotated[str, typer.Option(help="A unique name for this subscription.")],
+    webhook: Annotated[str | None, typer.Option(help="Webhook URL.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Webhook body: json or slack.")] = "json",
+    email: Annotated[list[str] | None, typer.Option(help="Recipient (repeatable).")] = None,
+    smtp_host: Annotated[str | None, typer.Option()] = None,
+    smtp_port: Annotated[int, typer.Option()] = 25,
+    smtp_from: Annotated[str, typer.Option()] = "accelpilot@localhost",
+    starttls: Annotated[bool, typer.Option()] = False,
+    smtp_user: Annotated[str | None, typer.Option()] = None,
+    smtp_password_env: Annotated[
+        str | None, typer.Option(help="Name of the environment variable holding the password.")
+    ] = None,
+    min_severity: Annotated[str, typer.Option(help="info, warning or critical.")] = "info",
+    host: Annotated[str, typer.Option(help="Host glob.")] = "*",
+    device: Annotated[str, typer.Option(help="Device glob.")] = "*",
+    kind: Annotated[list[str] | None, typer.Option(help="Alert kind (repeatable).")] = None,
+    state: Annotated[list[str] | None, typer.Option(help="firing/resolved (repeatable).")] = None,
+    group_window: Annotated[float, typer.Option(help="Seconds to group alerts.")] = 0.0,
+    rate_limit: Annotated[int, typer.Option(help="Messages per minute (0 = no limit).")] = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """Subscribe a webhook (generic JSON or Slack) or e-mail recipients to fleet.alerts."""
+    import os
+
+    from accelpilot.dashboards.subscriptions import subscribe
+
+    password = os.environ.get(smtp_password_env) if smtp_password_env else None
+    if smtp_password_env and password is None:
+        raise typer.BadParameter(f"environment variable {smtp_password_env} is not set")
+    sub = subscribe(
+        _alerts_store(config),
+        name=name,
+        webhook_url=webhook,
+        webhook_format=fmt,
+        email_to=tuple(email or ()),
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        smtp_from=smtp_from,
+        smtp_starttls=starttls,
+        smtp_user=smtp_user,
+        smtp_password=password,
+        min_severity=min_severity,
+        host_glob=host,
+        device_glob=device,
+        kinds=tuple(kind or ()),
+        states=tuple(state or ("firing", "resolved")),
+        group_window_s=group_window,
+        rate_limit_per_min=rate_limit,
+    )
+    typer.echo(sub.describe())
 
 
 @alerts_app.command("list")
-def alerts_list() -> None:
-    """List alert subscriptions."""
-    _not_built("alerts list", 7)
+def alerts_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List alert subscriptions (secrets masked) with their pending and dead deliveries."""
+    from accelpilot.dashboards.subscriptions import list_subscriptions
+
+    subs = list_subscriptions(_alerts_store(config))
+    if as_json:
+        typer.echo(json.dumps(subs, indent=2, default=str))
+        return
+    if not subs:
+        typer.echo("no subscriptions")
+    for sub in subs:
+        typer.echo(
+            f"{sub['id']}  {sub['name']}  {sub.get('summary', '')}  "
+            f"pending={sub.get('pending_alerts', 0)} dead={sub.get('dead_letters', 0)}"
+        )
 
 
 @alerts_app.command("remove")
-def alerts_remove() -> None:
-    """Remove an alert subscription."""
-    _not_built("alerts remove", 7)
+def alerts_remove(
+    id_or_name: Annotated[str, typer.Argument(help="Subscription id or name.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Remove a subscription (its pending deliveries go; its dead letters stay)."""
+    from accelpilot.dashboards.subscriptions import remove_subscription
+
+    sub = remove_subscription(_alerts_store(config), id_or_name)
+    typer.echo(f"removed {sub.describe()}")
+
+
+@alerts_app.command("dead-letters")
+def alerts_dead_letters(
+    subscription: Annotated[str | None, typer.Option(help="Only this subscription.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Deliveries that were given up, with the last error."""
+    from accelpilot.dashboards.subscriptions import list_dead_letters
+
+    typer.echo(
+        json.dumps(list_dead_letters(_alerts_store(config), subscription), indent=2, default=str)
+    )
+
+
+@alerts_app.command("serve")
+def alerts_serve(config: ConfigOpt = None) -> None:
+    """Consume fleet.alerts and deliver them to the subscriptions until SIGTERM."""
+    from accelpilot.dashboards.alert_service import run_alert_service
+    from accelpilot.dashboards.notify import RetryPolicy
+    from accelpilot.schemas.topics import ALERTS, DLQ
+
+    s = _settings(config)
+    a = s.alerts
+    stats = run_alert_service(
+        s.kafka.bootstrap_servers,
+        s.topic(ALERTS),
+        _alerts_store(config),
+        group_id=a.group_id,
+        from_beginning=a.from_beginning,
+        retry=RetryPolicy(
+            a.retry_base_s, a.retry_cap_s, a.retry_jitter, a.max_attempts, a.give_up_after_s
+        ),
+        http_timeout_s=a.http_timeout_s,
+        smtp_timeout_s=a.smtp_timeout_s,
+        dlq_topic=s.topic(DLQ),
+    )
+    typer.echo(
+        json.dumps(stats.__dict__ if hasattr(stats, "__dict__") else str(stats), default=str)
+    )
 
 
 @bench_app.command("collector")

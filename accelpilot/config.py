@@ -88,6 +88,20 @@ class AgentSettings(_Section):
     restore_limits_on_exit: bool = True
 
 
+class AlertsSettings(_Section):
+    # Subscriptions, the delivery queue and dead letters (SQLite, durable).
+    store_path: Path = Path("~/.local/state/accelpilot/alerts.sqlite")
+    group_id: str = Field("accelpilot-alerts", min_length=1)
+    from_beginning: bool = False
+    retry_base_s: float = Field(2.0, gt=0)
+    retry_cap_s: float = Field(300.0, gt=0)
+    retry_jitter: float = Field(0.2, ge=0, lt=1)
+    max_attempts: int = Field(12, ge=1)
+    give_up_after_s: float = Field(3600.0, gt=0)
+    http_timeout_s: float = Field(10.0, gt=0)
+    smtp_timeout_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The effective configuration of every accelpilot process."""
 
@@ -104,6 +118,7 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     worker: WorkerSettings = WorkerSettings()
     agent: AgentSettings = AgentSettings()
+    alerts: AlertsSettings = AlertsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -180,9 +195,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     """
     chosen = path or os.environ.get(CONFIG_ENV)
     file_path = (
-        Path(chosen)
-        if chosen
-        else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+        Path(chosen) if chosen else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
     )
     data: dict[str, Any] = _read_toml(file_path) if file_path else {}
 

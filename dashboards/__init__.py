@@ -1,1 +1,1 @@
-"""Grafana dashboards and alert rules as code, alert subscriptions (issue #7; not built yet)."""
+"""Grafana dashboards and alert rules as code (issue #7), and alert subscriptions."""
