@@ -71,6 +71,9 @@ class WorkerSettings(_Section):
     # Samples stamped further in the future than this are rejected to the DLQ.
     max_future_skew_s: float = Field(300.0, gt=0)
     data_dir: Path = Path("/tmp/accelpilot-worker")
+    # Tumbling aggregate windows (event time) and how late a sample may arrive.
+    windows_s: tuple[float, ...] = (10.0, 60.0)
+    allowed_lateness_s: float = Field(5.0, ge=0, le=600)
 
 
 class AgentSettings(_Section):

@@ -474,6 +474,17 @@ class WindowAggregator:
         self._emit_fleet(out, until_ns)
         return out
 
+    def closed_until_ns(self, host_id: str) -> int | None:
+        """Windows of ``host_id`` ending at or before this are closed (None: nothing closed)."""
+        host = self._hosts.get(host_id)
+        if host is None or host.closed_until_ns == _NEVER:
+            return None
+        return host.closed_until_ns
+
+    @property
+    def window_ns(self) -> int:
+        return self._window_ns
+
     @property
     def open_windows(self) -> int:
         """Host windows currently open (a memory gauge)."""

@@ -18,7 +18,11 @@ import faust
 from accelpilot.config import Settings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
-from accelpilot.schemas.topics import DLQ, SAMPLES
+from accelpilot.schemas.aggregates import Aggregate
+from accelpilot.schemas.topics import AGGREGATES, DLQ, SAMPLES
+from accelpilot.streams.acks import AckGate
+from accelpilot.streams.aggregate_lines import aggregate_lines
+from accelpilot.streams.aggregates import WindowAggregator
 from accelpilot.streams.dead_letters import dead_letter
 from accelpilot.streams.influx_lines import sample_lines
 from accelpilot.streams.influx_sink import InfluxSink
@@ -64,38 +68,68 @@ def make_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    aggregates_topic = app.topic(
+        settings.topic(AGGREGATES),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     sink = InfluxSink(settings.influx)
     max_future_ns = int(w.max_future_skew_s * 1e9)
+    aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
+    gate = AckGate(aggregators)
 
-    async def process_batch(events: Sequence[Any]) -> None:
+    async def process_batch(events: Sequence[Any]) -> list[Any]:
+        """Handle one batch; return the events that may be acknowledged now."""
         now_ns = time.time_ns()
         lines: list[str] = []
+        aggregates: list[Aggregate] = []
         pending = []
+        ack_now = []
         for event in events:
             msg = event.message
             raw: bytes = (
                 event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
             )
             try:
-                lines.extend(sample_lines(ingest_sample(raw, now_ns, max_future_ns)))
+                sample = ingest_sample(raw, now_ns, max_future_ns)
             except SchemaError as e:
                 pending.append(await _send_dead_letter(dlq_topic, msg, raw, e, now_ns))
+                ack_now.append(event)
+                continue
             except Exception as e:  # never crash on input
                 log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
                 err = _InternalError(f"internal-error:{type(e).__name__}", str(e))
                 pending.append(await _send_dead_letter(dlq_topic, msg, raw, err, now_ns))
-        for fut in pending:  # dead letters delivered (acks=all) before the batch is acked
+                ack_now.append(event)
+                continue
+            lines.extend(sample_lines(sample))
+            for aggregator in aggregators:
+                aggregates.extend(aggregator.add(sample))
+            gate.hold(sample.host_id, sample.ts_ns, event)
+        # Fleet roll-ups need every partition: a downstream stage builds them from host windows.
+        aggregates = [a for a in aggregates if a.scope != "fleet"]
+        lines.extend(aggregate_lines(aggregates))
+        for agg in aggregates:
+            pending.append(
+                await aggregates_topic.send(
+                    key=(agg.host_id or "fleet").encode(), value=codec.encode(agg)
+                )
+            )
+        for fut in pending:  # dead letters and aggregates delivered (acks=all) before acking
             await fut
         await sink.write(lines)
+        return ack_now + gate.releasable()
 
     @app.agent(samples_topic, name="ingest-samples")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
-        # Manual acks: a batch's events are acked only after its effects have landed. (`take`
-        # and `take_events` ack in a `finally`, i.e. also when the batch's write was cancelled.)
+        # Manual acks: an event is acked only once its effects have landed, and a sample only
+        # once the aggregate windows containing it are written (streams/acks.py). (`take` and
+        # `take_events` ack in a `finally`, i.e. also when the batch's write was cancelled.)
         manual = stream.noack()
         async for events in manual.noack_take(w.batch_max, within=w.batch_within_s):
-            await process_batch(events)
-            for event in events:
+            for event in await process_batch(events):
                 await manual.ack(event)
 
     @app.on_after_configured.connect
@@ -103,6 +137,7 @@ def make_app(settings: Settings) -> faust.App:
         log.info("accelpilot worker %s reading %s", w.app_id, samples_topic.get_topic_name())
 
     app.accelpilot_sink = sink  # type: ignore[attr-defined]
+    app.accelpilot_gate = gate  # type: ignore[attr-defined]
     return app
 
 

@@ -157,6 +157,22 @@ def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
                 )
         assert got == want
 
+        # Aggregates: every closed 10 s window of node-a holds exactly its samples, per device.
+        window_ns, closed_until = 10 * 10**9, samples[-1].ts_ns - 5 * 10**9
+        closed = [s for s in samples if (s.ts_ns // window_ns + 1) * window_ns <= closed_until]
+        want_count = len(closed) * N_DEVICES
+        query = ("SELECT sum(sample_count) FROM device_agg WHERE \"window\" = '10s' "
+                 "AND host = 'node-a'")
+        deadline = time.monotonic() + 30
+        got_count = 0
+        while time.monotonic() < deadline:
+            series = influxql(settings.influx.url, query, settings.influx.database)["results"][0]
+            got_count = int(series["series"][0]["values"][0][1]) if "series" in series else 0
+            if got_count >= want_count:
+                break
+            time.sleep(0.5)
+        assert got_count == want_count
+
         # Every malformed message is in the DLQ with its original bytes and reason.
         sent_bad = [
             bad[len(bad) - 1 - (i // 15) % len(bad)] for i in range(N_TICKS) if i % 15 == 7

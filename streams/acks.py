@@ -1,0 +1,48 @@
+"""When may the worker acknowledge a sample? When every aggregate window containing it is closed.
+
+The aggregates' in-memory state is then never the only copy of a sample's contribution: until
+its windows are written, the sample's offset is not committed, so a worker that dies (or loses
+the partition) leaves those samples to be read again, and the windows are rebuilt from the log
+and written once (InfluxDB points are keyed by window start: rewrites are idempotent). The Kafka
+log is the aggregation state; the commit lags by at most one window plus the allowed lateness.
+
+Known approximation: after such a replay, the first rebuilt window of a host lacks the energy
+of the part of the tick before its first sample (the previous sample is no longer in memory).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from accelpilot.streams.aggregates import WindowAggregator
+
+
+class AckGate:
+    """Holds each host's events until all aggregators have closed the windows they fall in."""
+
+    def __init__(self, aggregators: Sequence[WindowAggregator]) -> None:
+        self.aggregators = list(aggregators)
+        self._pending: dict[str, deque[tuple[int, Any]]] = {}
+
+    def hold(self, host_id: str, ts_ns: int, event: Any) -> None:
+        self._pending.setdefault(host_id, deque()).append((ts_ns, event))
+
+    def releasable(self) -> list[Any]:
+        """Events whose windows have all closed, in arrival order per host."""
+        out = []
+        for host_id, queue in self._pending.items():
+            closes = [(a.window_ns, a.closed_until_ns(host_id)) for a in self.aggregators]
+            if any(c is None for _, c in closes):
+                continue
+            while queue and all(
+                (queue[0][0] // w + 1) * w <= c  # type: ignore[operator]
+                for w, c in closes
+            ):
+                out.append(queue.popleft()[1])
+        return out
+
+    @property
+    def held(self) -> int:
+        return sum(len(q) for q in self._pending.values())
