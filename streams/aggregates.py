@@ -474,6 +474,20 @@ class WindowAggregator:
         self._emit_fleet(out, until_ns)
         return out
 
+    def close_idle_hosts(self, idle_s: float) -> list[Aggregate]:
+        """Close every open window of hosts silent for ``idle_s`` of event time (the newest
+        sample seen from any host), so a host that stopped reporting does not hold its last
+        windows (and its samples' offsets) open forever."""
+        out: list[Aggregate] = []
+        cutoff = self._global_max_ns - round(idle_s * _NS_PER_S)
+        for host_id in sorted(self._hosts):
+            host = self._hosts[host_id]
+            if host.windows and host.max_ts_ns < cutoff:
+                end = (max(host.windows) + 1) * self._window_ns
+                host.closed_until_ns = max(host.closed_until_ns, end)
+                self._close_host(host, end, out)
+        return out
+
     def closed_until_ns(self, host_id: str) -> int | None:
         """Windows of ``host_id`` ending at or before this are closed (None: nothing closed)."""
         host = self._hosts.get(host_id)

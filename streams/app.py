@@ -79,6 +79,8 @@ def make_app(settings: Settings) -> faust.App:
     max_future_ns = int(w.max_future_skew_s * 1e9)
     aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
     gate = AckGate(aggregators)
+    # A host silent this long (event time) has its open windows closed and its samples acked.
+    idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
 
     async def process_batch(events: Sequence[Any]) -> list[Any]:
         """Handle one batch; return the events that may be acknowledged now."""
@@ -108,6 +110,8 @@ def make_app(settings: Settings) -> faust.App:
             for aggregator in aggregators:
                 aggregates.extend(aggregator.add(sample))
             gate.hold(sample.host_id, sample.ts_ns, event)
+        for aggregator in aggregators:
+            aggregates.extend(aggregator.close_idle_hosts(idle_s))
         # Fleet roll-ups need every partition: a downstream stage builds them from host windows.
         aggregates = [a for a in aggregates if a.scope != "fleet"]
         lines.extend(aggregate_lines(aggregates))

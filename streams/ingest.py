@@ -23,8 +23,8 @@ def _check_id(kind: str, value: str) -> None:
     """Host and device ids become InfluxDB tags and Kafka keys: printable, no backslash."""
     if not value or len(value) > _MAX_ID_LEN or "\\" in value or not value.isprintable():
         raise InvalidPayloadError(
-            "bad-id", f"{kind} {value[:80]!r} must be 1-{_MAX_ID_LEN} printable characters, "
-            "no backslash"
+            "bad-id",
+            f"{kind} {value[:80]!r} must be 1-{_MAX_ID_LEN} printable characters, no backslash",
         )
 
 

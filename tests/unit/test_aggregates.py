@@ -500,3 +500,23 @@ def test_module_doctests_run() -> None:
 
     for module in (aggregates, aggregate_lines, aggregates_bench):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_a_silent_host_has_its_windows_closed_once_others_move_on() -> None:
+    from accelpilot.collectors.synthetic import synthetic_samples
+
+    agg = WindowAggregator(10.0, 2.0)
+    start = 1_800_000_000 * 10**9
+    quiet = list(synthetic_samples("quiet", n_devices=2, n_ticks=15, start_ns=start))
+    busy = list(synthetic_samples("busy", n_devices=2, n_ticks=60, start_ns=start))
+    for s in quiet + busy[:20]:
+        agg.add(s)
+    assert agg.close_idle_hosts(30.0) == []  # "busy" is only 5 s ahead of "quiet"'s last tick
+    for s in busy[20:]:
+        agg.add(s)
+    closed = agg.close_idle_hosts(30.0)
+    host_windows = [a for a in closed if a.scope == "host"]
+    assert [(a.key, a.window_start_ns - start) for a in host_windows] == [("quiet", 10 * 10**9)]
+    assert host_windows[0].sample_count == 5
+    assert agg.closed_until_ns("quiet") == start + 20 * 10**9
+    assert agg.close_idle_hosts(30.0) == []
