@@ -270,6 +270,11 @@ def _check_range(a: Action, limits: Mapping[str, DeviceLimits]) -> Verdict | Non
             return _reject("unknown-device", f"weights name {unknown}")
         values = list(a.weights.values())
         total = sum(values)
-        if not all(math.isfinite(w) and w >= 0 for w in values) or not 0 < total < math.inf:
-            return _reject("bad-weights", "weights must be finite, >= 0, with a finite sum > 0")
+        # All zeros is a valid decision: this host takes no share of the stream.
+        if (
+            not values
+            or not all(math.isfinite(w) and w >= 0 for w in values)
+            or not (0 <= total < math.inf)
+        ):
+            return _reject("bad-weights", "weights must be non-empty, finite, >= 0, finite sum")
     return None

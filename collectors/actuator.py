@@ -20,7 +20,8 @@ Load-weights contract: ``<load_weights_path>`` is a JSON object replaced atomica
 temp file, ``os.replace``) on every accepted ``set_load_weights``:
 ``{"v": 1, "host_id": ..., "updated_ts_ns": ..., "streams": {stream_id: {"weights":
 {device_id: weight}, "action_id": ..., "seq": ...}}}``. Weights are relative shares of the
-stream's work (they need not sum to 1). A scheduler re-reads the file when its mtime changes.
+stream's work (they need not sum to 1; all zeros = this host takes none of the stream). A
+scheduler re-reads the file when its mtime changes.
 """
 
 from __future__ import annotations

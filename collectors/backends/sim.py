@@ -72,6 +72,10 @@ class SimBackend(DeviceBackend):
         self.advances = advances
         self._idx = [i for i, d in enumerate(fleet.sim.device_ids) if host_of(d) == host_id]
 
+    def discover_ids(self) -> list[str]:
+        """This host's device ids, in discovery order."""
+        return [self.fleet.sim.device_ids[i] for i in self._idx]
+
     def probe(self) -> Availability:
         if not self._idx:
             return Availability(

@@ -211,7 +211,6 @@ def test_each_bad_action_is_rejected_with_its_reason(
         {"gpu0": -1.0, "gpu1": 2.0},
         {"gpu0": float("nan")},
         {"gpu0": float("inf")},
-        {"gpu0": 0.0, "gpu1": 0.0},
         {},
         {"gpu0": 1e308, "gpu1": 1e308},
     ],
@@ -221,6 +220,17 @@ def test_bad_weights_are_rejected(verifier: ActionVerifier, weights: dict[str, f
         kind="set_load_weights", device_id=None, cap_w=None, stream_id="s", weights=weights
     )
     assert check(verifier, action).reason == "bad-weights"
+
+
+def test_all_zero_weights_mean_no_share_on_this_host(verifier: ActionVerifier) -> None:
+    action = signed(
+        kind="set_load_weights",
+        device_id=None,
+        cap_w=None,
+        stream_id="s",
+        weights={"gpu0": 0.0, "gpu1": 0.0},
+    )
+    assert check(verifier, action).accepted
 
 
 def test_weights_naming_an_unknown_device_are_rejected(verifier: ActionVerifier) -> None:
