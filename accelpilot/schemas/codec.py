@@ -48,6 +48,8 @@ def decode(kind: type[T], raw: bytes) -> T:
         raise DecodeError("schema", str(e)) from e
     except msgspec.DecodeError as e:  # not JSON at all (or truncated)
         raise DecodeError("not-json", str(e)) from e
+    except UnicodeDecodeError as e:  # a string that is not UTF-8
+        raise DecodeError("not-json", f"invalid UTF-8: {e}") from e
     except RecursionError as e:  # msgspec recurses per nesting level of untyped values
         raise DecodeError("schema", "JSON nested too deeply") from e
     version = payload.v  # type: ignore[attr-defined]
@@ -61,7 +63,7 @@ def decode(kind: type[T], raw: bytes) -> T:
 def _raise_if_newer(raw: bytes) -> None:
     try:
         envelope = _envelope_decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return
     if envelope.v != SUPPORTED_VERSION:
         raise UnsupportedVersionError(

@@ -298,3 +298,10 @@ def test_signing_bytes_ignore_weight_order() -> None:
     a = msgspec.structs.replace(ACTION, weights={"x": 0.25, "y": 0.75})
     b = msgspec.structs.replace(ACTION, weights={"y": 0.75, "x": 0.25})
     assert signing_bytes(a) == signing_bytes(b)
+
+
+def test_invalid_utf8_inside_a_string_is_not_json() -> None:
+    raw = b'{"v": 1, "host_id": "ab\xff\xfe", "ts_ns": 1}'
+    with pytest.raises(DecodeError) as err:
+        decode(HostSample, raw)
+    assert err.value.reason == "not-json"
