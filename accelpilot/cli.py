@@ -228,15 +228,13 @@ def agent(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Never write a device.")] = False,
     ticks: Annotated[int | None, typer.Option(help="Stop after this many ticks.")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    log_format: Annotated[str, typer.Option(help="text or json (one object per line).")] = "text",
 ) -> None:
     """Run the host agent: collect, publish (disk-buffered), apply verified actions."""
-    import logging
-
     from accelpilot.collectors.agent import run_agent
+    from accelpilot.logs import configure
 
-    logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure(loglevel, log_format)
     overrides: dict[str, object] = {}
     if backend:
         overrides["backends"] = tuple(backend)

@@ -1,8 +1,9 @@
 """Run policies on one scenario and seed, and report (spec: "Policies and the report").
 
->>> # doctest: +SKIP
->>> report = evaluate("optimizer/scenarios/two-phase-8gpu.json")
->>> print(report.to_text())
+Example (about 15 s)::
+
+    report = evaluate("optimizer/scenarios/two-phase-8gpu.json")
+    print(report.to_text())
 """
 
 from __future__ import annotations

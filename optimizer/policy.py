@@ -6,7 +6,7 @@ Policies are stateful objects built for one fleet (``FleetFacts``) and run once.
 
 >>> from accelpilot.optimizer.scenario import load_bundled_scenario
 >>> facts = FleetFacts.from_scenario(load_bundled_scenario("two-phase-8gpu"))
->>> StaticPolicy(facts).caps_w.tolist()[:2]
+>>> [round(c, 6) for c in StaticPolicy(facts).caps_w.tolist()[:2]]
 [490.0, 490.0]
 """
 
