@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -31,7 +31,10 @@ from accelpilot.optimizer.simulator import Controls
 from accelpilot.schemas import codec
 from accelpilot.schemas.action_results import ActionResult
 from accelpilot.schemas.actions import Action
+from accelpilot.schemas.alerts import Alert
+from accelpilot.schemas.topics import ALERTS, ANOMALIES
 from accelpilot.signing import Signer, generate_keypair, load_public_keys
+from accelpilot.streams.alerting import DeviceMonitor
 from accelpilot.streams.embedded import EmbeddedPipeline
 from accelpilot.streams.sqlite_store import SqliteStore
 
@@ -84,6 +87,9 @@ class Demo:
         self._host_of = {d: h for h in self.hosts for d in h.backend.discover_ids()}
         self._seq = time.time_ns() // 1_000_000
         self.results: list[ActionResult] = []
+        self.monitor = DeviceMonitor()
+        self.alerts: list[Alert] = []
+        self.anomaly_count = 0
 
     def step(self) -> None:
         """One simulated tick for the whole fleet: sample, ingest, then the optimizer acts."""
@@ -92,7 +98,18 @@ class Demo:
         for h in self.hosts:
             sample = h.sampler.sample()
             batch.append((h.host_id.encode(), codec.encode(sample)))
-        self.pipeline.process(batch)
+        samples = self.pipeline.process(batch)
+        anomalies, alerts = self.monitor.observe_batch(samples)
+        for a in anomalies:
+            self.store.write_event(
+                a.id, ANOMALIES, a.ts_ns, a.host_id, a.device_id, codec.encode(a)
+            )
+        for al in alerts:
+            self.store.write_event(
+                f"{al.id}:{al.state}", ALERTS, al.ts_ns, al.host_id, al.device_id, codec.encode(al)
+            )
+        self.anomaly_count += len(anomalies)
+        self.alerts.extend(alerts)
         if self.policy is not None:
             obs = Observation(
                 self.ticks + 1,
@@ -181,13 +198,13 @@ class Demo:
         self.store.write_results(results)
         self.results.extend(results)
 
-    def summary(self) -> Table:
+    def summary(self) -> Group:
         last = self.fleet.last
         table = Table(title=f"accelpilot demo - {self.scenario.name} - tick {self.ticks}")
         for col in ("host", "devices", "power W", "mean temp C", "mean util %", "capped"):
             table.add_column(col, justify="right")
         if last is None:
-            return table
+            return Group(table)
         tel = last.telemetry
         for h in self.hosts:
             idx = h.backend._idx
@@ -210,7 +227,17 @@ class Demo:
             f"{applied} actions applied of {len(self.results)}; energy so far "
             f"{self.fleet.sim.totals().energy_j.sum() / 3.6e6:.2f} kWh"
         )
-        return table
+        latest = {a.id: a for a in self.alerts}
+        active = [a for a in latest.values() if a.state == "firing"]
+        table.caption += f"; {len(active)} alerts firing, {self.anomaly_count} anomaly scores"
+        alerts = Table(title="alerts firing", show_header=True, expand=False)
+        alerts.add_column("severity")
+        alerts.add_column("kind")
+        alerts.add_column("reason", overflow="fold", max_width=90)
+        for a in sorted(active, key=lambda a: (a.severity != "critical", a.started_ts_ns))[:8]:
+            colour = "red" if a.severity == "critical" else "yellow"
+            alerts.add_row(f"[{colour}]{a.severity}[/]", a.kind, a.reason)
+        return Group(table, alerts)
 
     def run(self, duration_s: float, console: Console) -> None:
         deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")

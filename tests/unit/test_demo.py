@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from accelpilot.cli import app
@@ -48,3 +49,33 @@ def test_the_optimizer_acts_through_signed_verified_audited_actions(tmp_path: Pa
     # Even weights starve batch-embed (CPUs get a GPU's share); the optimizer fixes that.
     violations = demo.fleet.sim.totals().violation_ticks
     assert violations[-1] <= 5
+
+
+def test_injected_faults_raise_alerts_in_the_demo(tmp_path: Path) -> None:
+    demo = Demo(load_demo_scenario(None), tmp_path, speed=1000)
+    for _ in range(30):
+        demo.step()
+    fired = {(a.kind, a.device_id) for a in demo.alerts if a.state == "firing"}
+    assert ("thermal", "node1/gpu3") in fired
+    assert ("ecc", "node3/gpu2") in fired
+    assert ("device_silent", "node0/gpu6") in fired
+    stored = demo.store.query("SELECT count(*) FROM event WHERE topic = 'fleet.alerts'")[0][0]
+    assert stored >= 3
+
+
+@pytest.mark.slow
+def test_demo_headless_for_30_seconds_detects_and_acts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "accelpilot.cli", "demo", "--headless", "--duration", "30"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    caption = " ".join(out.split())
+    applied = int(caption.split(" actions applied")[0].split()[-1])
+    firing = int(caption.split(" alerts firing")[0].split()[-1])
+    assert applied > 0 and firing >= 3, caption[-600:]
