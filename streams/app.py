@@ -1,4 +1,10 @@
-"""The faust-streaming worker: ``telemetry.samples`` -> validate -> InfluxDB, bad input -> DLQ.
+"""The faust-streaming worker: ``telemetry.samples`` -> validate -> InfluxDB (samples, 10 s and
+1 min aggregates, anomaly scores, alerts) and Kafka (``telemetry.aggregates``,
+``telemetry.anomalies``, ``fleet.alerts``); bad input -> ``telemetry.dlq``.
+
+Detector and alert state is in memory: a restarted worker warms its detectors up again (about
+30 samples per device) and an alert episode still open at the restart is reported again under a
+new id (its start time changes). Checkpointing that state is issue #4's remaining work.
 
 Each batch (``noack_take``: bounded by count and time) is processed, its dead letters delivered
 and its points written before its events are acknowledged, so processing is at-least-once and
@@ -19,11 +25,14 @@ from accelpilot.config import Settings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.aggregates import Aggregate
-from accelpilot.schemas.topics import AGGREGATES, DLQ, SAMPLES
+from accelpilot.schemas.samples import HostSample
+from accelpilot.schemas.topics import AGGREGATES, ALERTS, ANOMALIES, DLQ, SAMPLES
 from accelpilot.streams.acks import AckGate
 from accelpilot.streams.aggregate_lines import aggregate_lines
 from accelpilot.streams.aggregates import WindowAggregator
+from accelpilot.streams.alerting import DeviceMonitor
 from accelpilot.streams.dead_letters import dead_letter
+from accelpilot.streams.event_lines import alert_lines, anomaly_lines
 from accelpilot.streams.influx_lines import sample_lines
 from accelpilot.streams.influx_sink import InfluxSink
 from accelpilot.streams.ingest import ingest_sample
@@ -75,6 +84,21 @@ def make_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    anomalies_topic = app.topic(
+        settings.topic(ANOMALIES),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    alerts_topic = app.topic(
+        settings.topic(ALERTS),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    monitor = DeviceMonitor()
     sink = InfluxSink(settings.influx)
     max_future_ns = int(w.max_future_skew_s * 1e9)
     aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
@@ -87,6 +111,7 @@ def make_app(settings: Settings) -> faust.App:
         now_ns = time.time_ns()
         lines: list[str] = []
         aggregates: list[Aggregate] = []
+        accepted: list[HostSample] = []
         pending = []
         ack_now = []
         for event in events:
@@ -107,6 +132,7 @@ def make_app(settings: Settings) -> faust.App:
                 ack_now.append(event)
                 continue
             lines.extend(sample_lines(sample))
+            accepted.append(sample)
             for aggregator in aggregators:
                 aggregates.extend(aggregator.add(sample))
             gate.hold(sample.host_id, sample.ts_ns, event)
@@ -115,6 +141,20 @@ def make_app(settings: Settings) -> faust.App:
         # Fleet roll-ups need every partition: a downstream stage builds them from host windows.
         aggregates = [a for a in aggregates if a.scope != "fleet"]
         lines.extend(aggregate_lines(aggregates))
+        # Detection: the detector ensemble, failure-risk rules and the alert engine.
+        anomalies, alerts = monitor.observe_batch(accepted)
+        lines.extend(anomaly_lines(anomalies))
+        lines.extend(alert_lines(alerts))
+        for anomaly in anomalies:
+            pending.append(
+                await anomalies_topic.send(
+                    key=anomaly.host_id.encode(), value=codec.encode(anomaly)
+                )
+            )
+        for alert in alerts:
+            pending.append(
+                await alerts_topic.send(key=alert.host_id.encode(), value=codec.encode(alert))
+            )
         for agg in aggregates:
             pending.append(
                 await aggregates_topic.send(
