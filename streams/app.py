@@ -63,41 +63,22 @@ def make_app(settings: Settings) -> faust.App:
         # and a restarted worker reads them again (at-least-once, idempotent writes).
         stream_wait_empty=False,
     )
-    samples_topic = app.topic(
-        settings.topic(SAMPLES),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    dlq_topic = app.topic(
-        settings.topic(DLQ),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    aggregates_topic = app.topic(
-        settings.topic(AGGREGATES),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    anomalies_topic = app.topic(
-        settings.topic(ANOMALIES),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    alerts_topic = app.topic(
-        settings.topic(ALERTS),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+
+    def raw_topic(name: str) -> Any:
+        """Our topics carry bytes both ways: the codec, not faust, (de)serializes payloads."""
+        return app.topic(
+            settings.topic(name),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    samples_topic = raw_topic(SAMPLES)
+    dlq_topic = raw_topic(DLQ)
+    aggregates_topic = raw_topic(AGGREGATES)
+    anomalies_topic = raw_topic(ANOMALIES)
+    alerts_topic = raw_topic(ALERTS)
     monitor = DeviceMonitor()
     sink = InfluxSink(settings.influx)
     max_future_ns = int(w.max_future_skew_s * 1e9)
@@ -121,13 +102,8 @@ def make_app(settings: Settings) -> faust.App:
             )
             try:
                 sample = ingest_sample(raw, now_ns, max_future_ns)
-            except SchemaError as e:
-                pending.append(await _send_dead_letter(dlq_topic, msg, raw, e, now_ns))
-                ack_now.append(event)
-                continue
-            except Exception as e:  # never crash on input
-                log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-                err = _InternalError(f"internal-error:{type(e).__name__}", str(e))
+            except Exception as e:  # never crash on input: every failure is a dead letter
+                err = e if isinstance(e, SchemaError) else _internal_error(e, msg)
                 pending.append(await _send_dead_letter(dlq_topic, msg, raw, err, now_ns))
                 ack_now.append(event)
                 continue
@@ -145,22 +121,11 @@ def make_app(settings: Settings) -> faust.App:
         anomalies, alerts = monitor.observe_batch(accepted)
         lines.extend(anomaly_lines(anomalies))
         lines.extend(alert_lines(alerts))
-        for anomaly in anomalies:
-            pending.append(
-                await anomalies_topic.send(
-                    key=anomaly.host_id.encode(), value=codec.encode(anomaly)
-                )
-            )
-        for alert in alerts:
-            pending.append(
-                await alerts_topic.send(key=alert.host_id.encode(), value=codec.encode(alert))
-            )
-        for agg in aggregates:
-            pending.append(
-                await aggregates_topic.send(
-                    key=(agg.host_id or "fleet").encode(), value=codec.encode(agg)
-                )
-            )
+        outgoing = [(anomalies_topic, a.host_id, a) for a in anomalies]
+        outgoing += [(alerts_topic, a.host_id, a) for a in alerts]
+        outgoing += [(aggregates_topic, a.host_id or "fleet", a) for a in aggregates]
+        for topic, key, payload in outgoing:
+            pending.append(await topic.send(key=key.encode(), value=codec.encode(payload)))
         for fut in pending:  # dead letters and aggregates delivered (acks=all) before acking
             await fut
         await sink.write(lines)
@@ -200,6 +165,11 @@ async def _send_dead_letter(
     )
     log.info("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, err)
     return await dlq_topic.send(key=msg.key, value=codec.encode(record))
+
+
+def _internal_error(e: Exception, msg: Any) -> SchemaError:
+    log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+    return _InternalError(f"internal-error:{type(e).__name__}", str(e))
 
 
 def _has_lz4() -> bool:
