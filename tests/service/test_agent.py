@@ -20,29 +20,9 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, SAMPLES
 from accelpilot.signing import Signer, generate_keypair
 from tests.conftest import write_config
+from tests.service.kafka_io import consume
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
-
-
-def _consume(settings: Settings, topic: str, until, timeout_s: float) -> list[bytes]:  # type: ignore[no-untyped-def]
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        settings.topic(topic),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=500,
-    )
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and not until(got):
-            for batch in consumer.poll(timeout_ms=500).values():
-                got.extend(r.value for r in batch)
-    finally:
-        consumer.close()
-    return got
 
 
 def test_agent_publishes_and_applies_only_verified_actions(
@@ -113,7 +93,7 @@ def test_agent_publishes_and_applies_only_verified_actions(
             pub.send("node1", action(12, 5000.0))  # out of range
             pub.send("node2", action(13, 300.0, host_id="node2"))  # another host's
 
-        raw = _consume(service_settings, ACTION_RESULTS, lambda got: len(got) >= 4, 60)
+        raw = consume(service_settings, ACTION_RESULTS, lambda got: len(got) >= 4, 60)
         results = {r.action_id: r for r in (codec.decode(ActionResult, b) for b in raw)}
         assert results["t-10-350"].outcome == "applied"
         assert results["t-10-350"].new_cap_w == 350.0
@@ -131,7 +111,7 @@ def test_agent_publishes_and_applies_only_verified_actions(
                     return True
             return False
 
-        samples = _consume(service_settings, SAMPLES, capped, 60)
+        samples = consume(service_settings, SAMPLES, capped, 60)
         assert capped(samples)
         decoded = [codec.decode(HostSample, b) for b in samples]
         assert {s.host_id for s in decoded} == {"node1"}

@@ -20,6 +20,7 @@ from accelpilot.schemas import DeadLetter, codec
 from accelpilot.schemas.topics import DLQ, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from tests.conftest import write_config
+from tests.service.kafka_io import consume
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -76,27 +77,6 @@ def _count_points(settings: Settings) -> int:
     )
     series = body["results"][0].get("series")
     return int(series[0]["values"][0][1]) if series else 0
-
-
-def _read_dlq(settings: Settings, expected: int, timeout_s: float) -> list[DeadLetter]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        settings.topic(DLQ),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=1000,
-    )
-    got: list[DeadLetter] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < expected and time.monotonic() < deadline:
-            for record in consumer:
-                got.append(codec.decode(DeadLetter, record.value))
-    finally:
-        consumer.close()
-    return got
 
 
 def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
@@ -161,8 +141,9 @@ def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
         window_ns, closed_until = 10 * 10**9, samples[-1].ts_ns - 5 * 10**9
         closed = [s for s in samples if (s.ts_ns // window_ns + 1) * window_ns <= closed_until]
         want_count = len(closed) * N_DEVICES
-        query = ("SELECT sum(sample_count) FROM device_agg WHERE \"window\" = '10s' "
-                 "AND host = 'node-a'")
+        query = (
+            "SELECT sum(sample_count) FROM device_agg WHERE \"window\" = '10s' AND host = 'node-a'"
+        )
         deadline = time.monotonic() + 30
         got_count = 0
         while time.monotonic() < deadline:
@@ -177,7 +158,8 @@ def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
         sent_bad = [
             bad[len(bad) - 1 - (i // 15) % len(bad)] for i in range(N_TICKS) if i % 15 == 7
         ] + bad
-        letters = _read_dlq(settings, len(sent_bad), timeout_s=60)
+        raw_letters = consume(settings, DLQ, lambda got: len(got) >= len(sent_bad), 60)
+        letters = [codec.decode(DeadLetter, b) for b in raw_letters]
         assert sorted((d.original, d.reason) for d in letters) == sorted(sent_bad)
         assert all(
             d.source_topic == settings.topic(SAMPLES) and d.stage == "ingest" for d in letters

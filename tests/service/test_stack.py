@@ -80,8 +80,13 @@ def test_broker_that_dies_at_start_reports_its_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = load_settings(
-        stack={"run_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),
-               "start_timeout_s": 20, "kafka_port": 29092, "kafka_controller_port": 29093}
+        stack={
+            "run_dir": str(tmp_path / "run"),
+            "cache_dir": str(tmp_path / "cache"),
+            "start_timeout_s": 20,
+            "kafka_port": 29092,
+            "kafka_controller_port": 29093,
+        }
     )
     kafka = Stack(settings).kafka
     kafka.jar_dir.mkdir(parents=True)  # no jars: the JVM cannot find kafka.Kafka and exits

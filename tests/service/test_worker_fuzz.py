@@ -19,6 +19,7 @@ from accelpilot.config import Settings
 from accelpilot.schemas import DeadLetter, codec
 from accelpilot.schemas.topics import DLQ, SAMPLES
 from accelpilot.streams.ingest import ingest_sample
+from tests.service.kafka_io import consume
 from tests.service.test_first_slice import _count_points, _start_worker
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -58,8 +59,6 @@ def _fuzz(valid: bytes, rng: random.Random) -> bytes:
 
 
 def test_fuzzed_messages_never_crash_the_worker(service_settings: Settings, tmp_path: Path) -> None:
-    from kafka import KafkaConsumer
-
     settings = service_settings
     rng = random.Random(7)
     start_ns = (time.time_ns() - N_GOOD * 10**9) // 10**9 * 10**9
@@ -88,18 +87,8 @@ def test_fuzzed_messages_never_crash_the_worker(service_settings: Settings, tmp_
             time.sleep(1)
         assert _count_points(settings) == N_GOOD * 4
 
-        consumer = KafkaConsumer(
-            settings.topic(DLQ),
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        letters: list[DeadLetter] = []
-        deadline = time.monotonic() + 120
-        while len(letters) < N_BAD and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=1000).values():
-                letters.extend(codec.decode(DeadLetter, r.value) for r in batch)
-        consumer.close()
+        raw_letters = consume(settings, DLQ, lambda got: len(got) >= N_BAD, 120)
+        letters = [codec.decode(DeadLetter, b) for b in raw_letters]
         assert len(letters) == N_BAD
         assert sorted(d.original for d in letters) == sorted(bad)
         reasons = Counter(d.reason for d in letters)
