@@ -282,18 +282,50 @@ def optimizer_run(config: ConfigOpt = None) -> None:
     _not_built("optimizer run", 6)
 
 
+WebhookOpt = Annotated[
+    str | None, typer.Option(help="Contact point webhook for Grafana's alerts (e.g. a Slack URL).")
+]
+EmailOpt = Annotated[str | None, typer.Option(help="Contact point e-mail address.")]
+
+
 @dashboards_app.command("export")
-def dashboards_export(out: Annotated[Path, typer.Option()]) -> None:
-    """Write the Grafana provisioning tree."""
-    _not_built("dashboards export", 7)
+def dashboards_export(
+    out: Annotated[Path, typer.Option(help="Directory for Grafana's provisioning tree.")],
+    webhook: WebhookOpt = None,
+    email: EmailOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write datasource, dashboards and alerting provisioning files (Grafana's file layout)."""
+    from accelpilot.dashboards.provisioning import export
+
+    s = _settings(config)
+    extra = {"webhook_url": webhook} if webhook else {}
+    for path in export(
+        out, influx_url=s.influx.url, database=s.influx.database, email=email, **extra
+    ):
+        typer.echo(str(path))
 
 
 @dashboards_app.command("push")
 def dashboards_push(
-    url: Annotated[str, typer.Option()], token: Annotated[str, typer.Option()]
+    url: Annotated[str, typer.Option(help="Grafana base URL.")],
+    token: Annotated[
+        str, typer.Option(help="Grafana service-account token.", envvar="GRAFANA_TOKEN")
+    ],
+    webhook: WebhookOpt = None,
+    email: EmailOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Upsert datasource, folder, dashboards and alert rules into Grafana."""
-    _not_built("dashboards push", 7)
+    """Upsert datasource, folder, dashboards, alert rules, contact points and policies (stable
+    uids: running it twice changes nothing)."""
+    from accelpilot.dashboards.provisioning import push
+
+    s = _settings(config)
+    extra = {"webhook_url": webhook} if webhook else {}
+    report = push(
+        url, token, influx_url=s.influx.url, database=s.influx.database, email=email, **extra
+    )
+    typer.echo(report.to_text())
 
 
 def _alerts_store(config: Path | None) -> Path:
