@@ -277,9 +277,44 @@ def optimizer_evaluate(
 
 
 @optimizer_app.command("run")
-def optimizer_run(config: ConfigOpt = None) -> None:
-    """Consume aggregates and anomalies, emit signed actions."""
-    _not_built("optimizer run", 6)
+def optimizer_run(
+    scenario: Annotated[
+        Path, typer.Option(help="The fleet description: a scenario .json or a bundled name.")
+    ],
+    mode: Annotated[str | None, typer.Option(help="advise or auto (default: config).")] = None,
+    key: Annotated[Path | None, typer.Option(help="Ed25519 private key (PEM).")] = None,
+    hosts: Annotated[str | None, typer.Option(help="Comma-separated hosts to steer.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Consume aggregates, anomalies and alerts; emit signed actions (auto) or record
+    recommendations (advise); learn from fleet.action-results. Until SIGTERM."""
+    import signal
+    import threading
+
+    from accelpilot.demo import load_demo_scenario
+    from accelpilot.errors import ConfigError
+    from accelpilot.logs import configure
+    from accelpilot.optimizer.live import run_optimizer
+
+    configure("info")
+    s = _settings(config)
+    private_key = key or s.optimizer.private_key
+    if private_key is None:
+        raise ConfigError("optimizer.private_key: give --key or set it in the config")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    opt = run_optimizer(
+        s,
+        load_demo_scenario(scenario),
+        mode or s.optimizer.mode,  # type: ignore[arg-type]
+        private_key.expanduser(),
+        stop,
+        hosts=hosts.split(",") if hosts else None,
+        recommendations_path=s.optimizer.recommendations_path.expanduser(),
+        group_id=s.optimizer.group_id,
+    )
+    typer.echo(json.dumps(opt.counters.as_dict()))
 
 
 WebhookOpt = Annotated[

@@ -12,7 +12,7 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -105,6 +105,15 @@ class AlertsSettings(_Section):
     smtp_timeout_s: float = Field(10.0, gt=0)
 
 
+class OptimizerSettings(_Section):
+    # advise: recommendations only (recorded, never sent); auto: signed actions to fleet.actions.
+    mode: Literal["advise", "auto"] = "advise"
+    # The optimizer alone holds the Ed25519 private key; hosts hold the public key.
+    private_key: Path | None = None
+    recommendations_path: Path = Path("~/.local/state/accelpilot/recommendations.jsonl")
+    group_id: str = Field("accelpilot-optimizer", min_length=1)
+
+
 class Settings(BaseSettings):
     """The effective configuration of every accelpilot process."""
 
@@ -122,6 +131,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     agent: AgentSettings = AgentSettings()
     alerts: AlertsSettings = AlertsSettings()
+    optimizer: OptimizerSettings = OptimizerSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -24,13 +23,13 @@ from accelpilot.collectors.actuator import Actuator
 from accelpilot.collectors.audit_log import AuditLog
 from accelpilot.collectors.backends.sim import SimBackend, SimFleet
 from accelpilot.collectors.sampler import Sampler
+from accelpilot.optimizer.actions import ActionSigner, controls_to_intents
 from accelpilot.optimizer.evaluate import make_policy
 from accelpilot.optimizer.facts import FleetFacts, Observation
 from accelpilot.optimizer.scenario import Scenario, load_bundled_scenario, load_scenario
 from accelpilot.optimizer.simulator import Controls
 from accelpilot.schemas import codec
 from accelpilot.schemas.action_results import ActionResult
-from accelpilot.schemas.actions import Action
 from accelpilot.schemas.alerts import Alert
 from accelpilot.schemas.topics import ALERTS, ANOMALIES
 from accelpilot.signing import Signer, generate_keypair, load_public_keys
@@ -39,8 +38,6 @@ from accelpilot.streams.embedded import EmbeddedPipeline
 from accelpilot.streams.sqlite_store import SqliteStore
 
 DEFAULT_SCENARIO = "demo-fleet"
-CAP_STEP_W = 1.0  # smaller cap changes are not worth an action
-ACTION_LIFETIME_NS = 60 * 10**9
 
 
 @dataclass
@@ -84,8 +81,8 @@ class Demo:
         self.ticks = 0
         self.facts = FleetFacts.from_scenario(scenario)
         self.policy = make_policy(policy, scenario) if policy != "none" else None
-        self._host_of = {d: h for h in self.hosts for d in h.backend.discover_ids()}
-        self._seq = time.time_ns() // 1_000_000
+        self._hosts_by_id = {h.host_id: h for h in self.hosts}
+        self._signers: dict[str, ActionSigner] = {}
         self.results: list[ActionResult] = []
         self.monitor = DeviceMonitor()
         self.alerts: list[Alert] = []
@@ -122,81 +119,28 @@ class Demo:
 
     # -- actions: the optimizer's decisions go the way of any action: signed, verified, audited --
     def apply(self, controls: Controls, issuer: str) -> list[ActionResult]:
-        fleet, f = self.fleet, self.facts
-        out: list[ActionResult] = []
-        if controls.caps_w is not None:
-            caps = np.asarray(controls.caps_w, dtype=float)
-            for i in np.nonzero(np.abs(caps - fleet.caps_w) >= CAP_STEP_W)[0]:
-                out += self.act(f.device_ids[i], "set_power_cap", issuer, cap_w=float(caps[i]))
-        if controls.standby is not None:
-            park = np.asarray(controls.standby, dtype=bool)
-            for i in np.nonzero(park != fleet.standby)[0]:
-                out += self.act(f.device_ids[i], "park" if park[i] else "wake", issuer)
-        if controls.weights is not None:
-            weights = np.asarray(controls.weights, dtype=float)
-            for s_idx, stream in enumerate(self.scenario.streams):
-                row = weights[s_idx]
-                total = row.sum()
-                if total <= 0 or np.allclose(row / total, fleet.weights[s_idx], atol=1e-3):
-                    continue
-                out += self.set_weights(stream.id, s_idx, row / total, issuer)
-        return out
-
-    def act(self, device_id: str, kind: str, issuer: str, **fields: object) -> list[ActionResult]:
-        host = self._host_of[device_id]
-        results = host.actuator.handle(
-            self._signed(host.host_id, kind, issuer, device_id=device_id, **fields)
+        """Turn the policy's controls into signed actions for each host's actuator (the same
+        conversion as the live optimizer: optimizer/actions.py)."""
+        fleet = self.fleet
+        intents = controls_to_intents(
+            self.facts, controls, caps_w=fleet.caps_w, standby=fleet.standby, weights=fleet.weights
         )
-        self._record(results)
-        return results
-
-    def set_weights(
-        self, stream_id: str, s_idx: int, row: np.ndarray, issuer: str
-    ) -> list[ActionResult]:
-        """Per host, the stream's weights over that host's devices; the host's local scheduler
-        (here: the simulator) takes them once the actuator has accepted and published them."""
-        results = []
-        for h in self.hosts:
-            mine = {
-                d: float(row[self.facts.device_ids.index(d)])
-                for d in h.backend.discover_ids()
-                if self.facts.device_ids.index(d) in np.nonzero(self.fleet.sim.membership[s_idx])[0]
-            }
-            if not mine:
-                continue
-            res = h.actuator.handle(
-                self._signed(
-                    h.host_id, "set_load_weights", issuer, stream_id=stream_id, weights=mine
-                )
-            )
-            if all(r.outcome == "applied" for r in res):
-                for d, w in mine.items():
-                    self.fleet.weights[s_idx, self.facts.device_ids.index(d)] = w
-            results += res
-        self._record(results)
-        return results
-
-    def _signed(self, host_id: str, kind: str, issuer: str, **fields: object) -> Action:
-        self._seq += 1
-        now = time.time_ns()
-        action = Action(
-            action_id=f"{issuer}-{self._seq}",
-            host_id=host_id,
-            seq=self._seq,
-            kind=kind,
-            issued_ts_ns=now,
-            expires_ts_ns=now + ACTION_LIFETIME_NS,
-            issuer=issuer,
-            key_id=self.signer.key_id,
-            **fields,
-        )  # type: ignore[arg-type]
-        signed = self.signer.sign(action)
-        self.store.write_action(signed)
-        return signed
-
-    def _record(self, results: list[ActionResult]) -> None:
-        self.store.write_results(results)
-        self.results.extend(results)
+        signer = self._signers.setdefault(issuer, ActionSigner(self.signer, issuer))
+        out: list[ActionResult] = []
+        for intent in intents:
+            action = signer.sign(intent)
+            self.store.write_action(action)
+            host = self._hosts_by_id[intent.host_id]
+            results = host.actuator.handle(action)
+            if intent.kind == "set_load_weights" and all(r.outcome == "applied" for r in results):
+                # The host's local scheduler (here: the simulator) takes the published weights.
+                assert intent.stream is not None and intent.weights is not None
+                for device_id, w in intent.weights.items():
+                    fleet.weights[intent.stream, self.facts.device_ids.index(device_id)] = w
+            self.store.write_results(results)
+            self.results.extend(results)
+            out += results
+        return out
 
     def summary(self) -> Group:
         last = self.fleet.last

@@ -17,6 +17,11 @@ from accelpilot.schemas.samples import DeviceEvent
 DeviceKind = Literal["gpu", "cpu", "npu", "tpu"]
 
 
+def host_of(device_id: str) -> str:
+    """The host of a device id ``<host>/<device>`` (discovery's and the sim fleet's convention)."""
+    return device_id.split("/", 1)[0] if "/" in device_id else "sim"
+
+
 @dataclass(frozen=True, slots=True)
 class Availability:
     """Whether a backend can run here, and if not, why (library absent, no devices, permission)."""

@@ -19,6 +19,7 @@ from accelpilot.collectors.device import (
     DeviceInfo,
     PowerLimits,
     Reading,
+    host_of,
 )
 from accelpilot.errors import ActuationError
 from accelpilot.optimizer.scenario import Scenario
@@ -26,10 +27,6 @@ from accelpilot.optimizer.simulator import FleetSimulator, StepResult
 from accelpilot.schemas.samples import DeviceEvent
 
 XID_OFF_BUS = 79  # "GPU has fallen off the bus"
-
-
-def host_of(device_id: str) -> str:
-    return device_id.split("/", 1)[0] if "/" in device_id else "sim"
 
 
 class SimFleet:
@@ -71,10 +68,6 @@ class SimBackend(DeviceBackend):
         self.host_id = host_id
         self.advances = advances
         self._idx = [i for i, d in enumerate(fleet.sim.device_ids) if host_of(d) == host_id]
-
-    def discover_ids(self) -> list[str]:
-        """This host's device ids, in discovery order."""
-        return [self.fleet.sim.device_ids[i] for i in self._idx]
 
     def probe(self) -> Availability:
         if not self._idx:
