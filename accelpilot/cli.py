@@ -1,16 +1,16 @@
-"""The `accelpilot` command line: every product command, working or clearly not built yet."""
+"""The `accelpilot` command line: every product command."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from accelpilot.config import Settings, load_settings
-from accelpilot.errors import AccelpilotError, NotBuiltYetError
+from accelpilot.errors import AccelpilotError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -49,10 +49,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 def _settings(config: Path | None) -> Settings:
     return load_settings(config)
-
-
-def _not_built(what: str, issue: int) -> NoReturn:
-    raise NotBuiltYetError(f"`accelpilot {what}` is not built yet (tracked in issue #{issue}).")
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -505,9 +501,31 @@ def bench_collector(
 
 
 @bench_app.command("pipeline")
-def bench_pipeline(as_json: JsonOpt = True) -> None:
-    """Stream pipeline throughput and latency against the real broker."""
-    _not_built("bench pipeline", 4)
+def bench_pipeline(
+    as_json: JsonOpt = True,
+    hosts: Annotated[int, typer.Option(help="Simulated hosts.")] = 1000,
+    devices: Annotated[int, typer.Option(help="GPUs per host.")] = 8,
+    ticks: Annotated[int, typer.Option(help="Ticks per host in the throughput phase.")] = 60,
+    latency_s: Annotated[float, typer.Option(help="Seconds of the latency phase.")] = 15.0,
+    naive_hosts: Annotated[int, typer.Option(help="Hosts for the naive design.")] = 100,
+    naive_ticks: Annotated[int, typer.Option(help="Ticks for the naive design.")] = 10,
+    config: ConfigOpt = None,
+) -> None:
+    """Pipeline throughput, latency and CPU against the real broker, ours vs a naive design.
+    Needs `accelpilot stack up`; progress on stderr, JSON on stdout."""
+    from accelpilot.streams.bench_pipeline import bench_pipeline as run
+
+    result = run(
+        _settings(config),
+        hosts=hosts,
+        devices=devices,
+        ticks=ticks,
+        latency_s=latency_s,
+        naive_hosts=naive_hosts,
+        naive_ticks=naive_ticks,
+        progress=lambda m: typer.echo(m, err=True),
+    )
+    typer.echo(json.dumps(result, indent=2))
 
 
 @bench_app.command("detectors")
@@ -552,9 +570,6 @@ def detect_nab(
 def main() -> None:
     try:
         app()
-    except NotBuiltYetError as e:
-        print(f"accelpilot: {e}", file=sys.stderr)
-        sys.exit(3)
     except AccelpilotError as e:
         print(f"accelpilot: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -229,3 +229,35 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         return _Loaded(**overrides)
     except ValidationError as e:
         raise ConfigError(_describe(e, source)) from e
+
+
+def write_toml(settings: Settings, path: Path) -> Path:
+    """Write ``settings`` as a TOML file that :func:`load_settings` reads back to the same values
+    (secrets in clear: the file is created 0600). For handing settings to a subprocess."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str | list | tuple):
+            return json.dumps(list(v) if not isinstance(v, str) else v)
+        return repr(v)
+
+    data = settings.model_dump(mode="json")
+    for name in type(settings).model_fields:
+        model = getattr(settings, name)
+        if isinstance(model, BaseModel):
+            for key in type(model).model_fields:
+                secret = getattr(model, key)
+                if isinstance(secret, SecretStr):
+                    data[name][key] = secret.get_secret_value()
+    lines = [
+        f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None
+    ]
+    for section, fields in data.items():
+        if isinstance(fields, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {value(v)}" for k, v in fields.items() if v is not None]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path

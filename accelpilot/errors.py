@@ -71,7 +71,3 @@ class AuditLogError(AccelpilotError):
 
 class DiskBufferError(AccelpilotError):
     """The agent's disk buffer cannot be opened or written (busy, permissions, disk full)."""
-
-
-class NotBuiltYetError(AccelpilotError):
-    """A command of the product's skeleton whose implementation has not landed yet."""

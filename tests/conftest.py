@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from accelpilot.config import Settings, load_settings
+from accelpilot.config import write_toml as write_config  # noqa: F401 - used by service tests
 from accelpilot.schemas.topics import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,21 +50,3 @@ def service_settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
     yield settings
     delete_topics(settings.kafka.bootstrap_servers, topics)
     influxql(settings.influx.url, f'DROP DATABASE "{settings.influx.database}"')
-
-
-def write_config(settings: Settings, path: Path) -> Path:
-    """Write ``settings`` as a TOML config file a subprocess can load with --config."""
-    lines = [f'host_id = "{settings.host_id}"']
-    for section in ("kafka", "influx", "worker", "stack"):
-        lines.append(f"[{section}]")
-        for key, value in getattr(settings, section).model_dump(mode="json").items():
-            if key == "token":
-                value = getattr(settings, section).token.get_secret_value()
-            if isinstance(value, str):
-                lines.append(f'{key} = "{value}"')
-            elif isinstance(value, bool):
-                lines.append(f"{key} = {str(value).lower()}")
-            else:
-                lines.append(f"{key} = {value}")
-    path.write_text("\n".join(lines) + "\n")
-    return path

@@ -89,8 +89,7 @@ def _load(settings: Settings, tmp_path: Path) -> tuple[int, int]:
     baseline = Demo(scenario, tmp_path / "baseline", policy="none")
     samples: list[HostSample] = []
     anomalies = []
-    kinds: dict[str, str] = {}
-    process, observe, signed = demo.pipeline.process, demo.monitor.observe_batch, demo._signed
+    process, observe = demo.pipeline.process, demo.monitor.observe_batch
 
     def keep_samples(batch):  # type: ignore[no-untyped-def]
         out = process(batch)
@@ -102,14 +101,8 @@ def _load(settings: Settings, tmp_path: Path) -> tuple[int, int]:
         anomalies.extend(a)
         return a, al
 
-    def keep_kind(host_id, kind, issuer, **fields):  # type: ignore[no-untyped-def]
-        action = signed(host_id, kind, issuer, **fields)
-        kinds[action.action_id] = kind
-        return action
-
     demo.pipeline.process = keep_samples  # type: ignore[method-assign]
     demo.monitor.observe_batch = keep_anomalies  # type: ignore[method-assign]
-    demo._signed = keep_kind  # type: ignore[method-assign]
     lines: list[str] = []
     for tick in range(1, TICKS + 1):
         demo.step()
@@ -126,7 +119,8 @@ def _load(settings: Settings, tmp_path: Path) -> tuple[int, int]:
         aggs = [a for s in sorted(samples, key=lambda s: s.ts_ns) for a in agg.add(s)]
         lines += aggregate_lines(aggs + agg.flush_all())
     lines += anomaly_lines(anomalies) + alert_lines(demo.alerts)
-    lines += action_result_lines((r, kinds.get(r.action_id, "set_power_cap")) for r in demo.results)
+    kinds = dict(demo.store.query("SELECT action_id, kind FROM action"))
+    lines += action_result_lines((r, kinds[r.action_id]) for r in demo.results)
     _write(settings, lines)
     ts = [s.ts_ns for s in samples]
     return min(ts) - 120 * 10**9, max(ts) + 120 * 10**9

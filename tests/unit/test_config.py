@@ -139,3 +139,19 @@ def test_cli_config_show_json_has_no_secret(
     shown = json.loads(result.stdout)
     assert shown["influx"] == {**shown["influx"], "database": "fleet", "token": "**********"}
     assert shown["kafka"]["topic_prefix"] == "cli-"
+
+
+def test_write_toml_round_trips_every_section(tmp_path: Path) -> None:
+    from accelpilot.config import write_toml
+
+    settings = load_settings(
+        kafka={"topic_prefix": "t1."},
+        worker={"windows_s": (2.0, 30.0)},
+        agent={"backends": ("sim",), "scenario": "demo-fleet"},
+        influx={"token": "user:s3cret"},
+    )
+    path = write_toml(settings, tmp_path / "s.toml")
+    again = load_settings(path)
+    assert again.model_dump() == settings.model_dump()
+    assert again.influx.token.get_secret_value() == "user:s3cret"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

@@ -1,0 +1,105 @@
+"""The naive design, for `accelpilot bench pipeline` to compare against (never used in production).
+
+One Kafka message per metric per device (JSON ``{host, device, metric, value, ts_ns}``), read
+with kafka-python, one influxdb-client ``Point`` object per message, written with the
+SYNCHRONOUS write API in batches: the classic shape of a slow Python telemetry pipeline
+(ARCHITECTURE.md, "Batches, not objects").
+
+Run as ``python -m accelpilot.streams.bench_naive --bootstrap B --topic T --url U --bucket DB/rp``
+until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from typing import Any
+
+NAIVE_MEASUREMENT = "device_sample"
+
+
+def naive_messages(sample: Any) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs of one HostSample in the naive design: one message per metric."""
+    out = []
+    key = sample.host_id.encode()
+    for name, column in sample.metrics.items():
+        for device, value in zip(sample.device_ids, column, strict=True):
+            if value is None:
+                continue
+            doc = {
+                "host": sample.host_id,
+                "device": device,
+                "metric": name,
+                "value": value,
+                "ts_ns": sample.ts_ns,
+            }
+            out.append((key, json.dumps(doc).encode()))
+    return out
+
+
+def run(argv: list[str] | None = None) -> None:
+    from influxdb_client import InfluxDBClient, Point, WritePrecision
+    from influxdb_client.client.write_api import SYNCHRONOUS
+    from kafka import KafkaConsumer
+
+    p = argparse.ArgumentParser(prog="bench_naive")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--group", default="bench-naive")
+    p.add_argument("--url", required=True)
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--token", default="accelpilot:accelpilot")
+    p.add_argument("--org", default="-")
+    p.add_argument("--batch", type=int, default=5000)
+    p.add_argument("--flush-s", type=float, default=0.2)
+    args = p.parse_args(argv)
+
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    consumer = KafkaConsumer(
+        args.topic,
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        max_poll_records=args.batch,
+    )
+    client = InfluxDBClient(url=args.url, token=args.token, org=args.org, timeout=30_000)
+    write_api = client.write_api(write_options=SYNCHRONOUS)
+    points: list[Any] = []
+    last_flush = time.monotonic()
+    try:
+        while not stop:
+            polled = consumer.poll(timeout_ms=100, max_records=args.batch)
+            for records in polled.values():
+                for record in records:
+                    doc = json.loads(record.value)
+                    points.append(
+                        Point(NAIVE_MEASUREMENT)
+                        .tag("host", doc["host"])
+                        .tag("device", doc["device"])
+                        .field(doc["metric"], float(doc["value"]))
+                        .time(doc["ts_ns"], WritePrecision.NS)
+                    )
+            now = time.monotonic()
+            if points and (len(points) >= args.batch or now - last_flush >= args.flush_s):
+                write_api.write(bucket=args.bucket, record=points)
+                points = []
+                last_flush = now
+        if points:
+            write_api.write(bucket=args.bucket, record=points)
+    finally:
+        consumer.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    run()

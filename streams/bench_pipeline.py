@@ -1,0 +1,533 @@
+"""`accelpilot bench pipeline`: the stream worker against the real broker and InfluxDB.
+
+Phases, all in one run, each on its own topics and database (removed at the end):
+
+1. **Throughput (saturated).** Pre-encoded host ticks (``hosts`` x ``devices`` GPUs x ``ticks``)
+   are published into ``telemetry.samples`` *before* the worker starts, so the generator cannot be
+   the bottleneck; then ONE worker process (``python -m accelpilot.cli worker``) drains the
+   backlog. The rate is counted from the first to the last ``device_sample`` point visible in
+   InfluxDB (``count(seq)``), the CPU from ``psutil`` over the same span (children included).
+2. **InfluxDB alone.** The same line protocol written straight from this process (sync client,
+   5000-line batches) into a scratch database: what the database takes when nothing else runs.
+3. **Latency (below saturation).** Ticks published at ``latency_load`` x the measured rate with
+   ``ts_ns`` = send time; sample->InfluxDB from polling marker devices' newest points, and
+   sample->alert from thermal faults (temp 95 degC + throttle bit 0x40; the thermal channel fires
+   on the 2nd such sample) injected into a few hosts, measured to the alert's arrival on
+   ``fleet.alerts`` (``alert.ts_ns`` is the triggering sample's stamp).
+4. **Naive design.** One JSON Kafka message per metric per device, one influxdb-client ``Point``
+   per message (``streams/bench_naive.py``), measured the same way as phase 1.
+
+All processes share this machine's cores (broker, InfluxDB, worker, this process): the figures
+include that contention and ``loadavg`` is reported alongside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import psutil
+
+from accelpilot.collectors.synthetic import synthetic_samples
+from accelpilot.config import Settings, write_toml
+from accelpilot.schemas import codec
+from accelpilot.schemas.alerts import Alert
+from accelpilot.schemas.samples import HostSample
+from accelpilot.schemas.topics import ALERTS, ALL_TOPICS, SAMPLES
+from accelpilot.stack.influxdb import influxql
+from accelpilot.stack.kafka import create_topics, delete_topics
+from accelpilot.streams.bench_naive import naive_messages
+from accelpilot.streams.influx_lines import sample_lines
+
+Progress = Callable[[str], None]
+FAULT_TEMP_C = 95.0
+FAULT_MASK = float(0x40)  # HW thermal slowdown
+PROBE_INTERVAL_S = 0.2
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELPILOT_")}
+    return subprocess.Popen(
+        argv,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _count(url: str, db: str, field: str) -> int:
+    body = influxql(url, f'SELECT count("{field}") FROM device_sample', db)
+    series = body["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def _producer(bootstrap: str, compression: str | None) -> Any:
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="accelpilot-bench",
+        acks=1,
+        compression_type=compression,
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+
+
+def _publish(producer: Any, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
+    """Send all (key, value) pairs and flush; return the wall seconds it took."""
+    t0 = time.perf_counter()
+    send = producer.send
+    for key, value in messages:
+        send(topic, key=key, value=value)
+    producer.flush(timeout=300)
+    return time.perf_counter() - t0
+
+
+def _drain(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    db: str,
+    field: str,
+    want: int,
+    timeout_s: float,
+    log: Path,
+) -> dict[str, float]:
+    """Wait until ``want`` points are visible; rate and CPU from the first to the last one."""
+    ps = psutil.Process(proc.pid)
+    spawned = (time.monotonic(), 0, _cpu_s(ps))
+    first: tuple[float, int, float] | None = None
+    deadline = time.monotonic() + timeout_s
+    n = 0
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited: {log.read_text()[-2000:]}")
+        n = _count(url, db, field)
+        now, cpu = time.monotonic(), _cpu_s(ps)
+        if n > 0 and first is None:
+            first = (now, n, cpu)
+        if n >= want or now > deadline:
+            break
+        time.sleep(0.1)
+    assert first is not None, "nothing reached InfluxDB"
+    # Everything landed in the first visible batch (tiny runs): fall back to the span since the
+    # process started, start-up included.
+    includes_startup = first[1] >= n
+    t0, n0, cpu0 = spawned if includes_startup else first
+    span = max(now - t0, 1e-6)
+    done = n - n0
+    return {
+        "counted": n,
+        "wanted": want,
+        "span_s": round(span, 3),
+        "device_samples_per_s": round(done / span, 1),
+        "cpu_s_per_million": round((cpu - cpu0) / max(done, 1) * 1e6, 2),
+        "cpu_utilization": round((cpu - cpu0) / span, 3),
+        "includes_startup": includes_startup,
+    }
+
+
+def _with_fault(sample: HostSample, device: int, on: bool) -> HostSample:
+    metrics = dict(sample.metrics)
+    n = len(sample.device_ids)
+    mask = [0.0] * n
+    if on:
+        temp = list(metrics["temp_c"])
+        temp[device] = FAULT_TEMP_C
+        metrics["temp_c"] = temp
+        mask[device] = FAULT_MASK
+    metrics["throttle_reasons_mask"] = mask
+    return msgspec.structs.replace(sample, metrics=metrics)
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+def bench_pipeline(
+    settings: Settings,
+    *,
+    hosts: int = 1000,
+    devices: int = 8,
+    ticks: int = 60,
+    latency_s: float = 15.0,
+    latency_load: float = 0.5,
+    fault_hosts: int = 5,
+    naive_hosts: int = 100,
+    naive_ticks: int = 10,
+    compression: str | None = "gzip",
+    timeout_s: float = 300.0,
+    progress: Progress = print,
+) -> dict[str, Any]:
+    """Run every phase and return the figures (see the module docstring)."""
+    tag = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix=f"accelpilot-bench-{tag}-"))
+    run = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"topic_prefix": f"bench{tag}."}),
+            "influx": settings.influx.model_copy(update={"database": f"bench_{tag}"}),
+            "worker": settings.worker.model_copy(
+                update={"app_id": f"bench-{tag}", "data_dir": tmp / "worker"}
+            ),
+        }
+    )
+    bootstrap, url = run.kafka.bootstrap_servers, run.influx.url
+    db, raw_db, naive_db = run.influx.database, f"bench_{tag}_raw", f"bench_{tag}_naive"
+    naive_topic = run.topic("bench.naive-samples")
+    topics = [run.topic(t) for t in ALL_TOPICS] + [naive_topic]
+    result: dict[str, Any] = {
+        "run_id": tag,
+        "hosts": hosts,
+        "devices": devices,
+        "ticks": ticks,
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    producer = None
+    try:
+        create_topics(bootstrap, topics, partitions=run.kafka.partitions)
+        for name in (db, raw_db, naive_db):
+            influxql(url, f'CREATE DATABASE "{name}"')
+        producer = _producer(bootstrap, compression)
+        # -- payloads, pre-encoded (tick-major: one batch spans the fleet, as in production)
+        t0 = time.perf_counter()
+        start_ns = (time.time_ns() - (ticks + 5) * 10**9) // 10**9 * 10**9
+        per_host = [
+            list(
+                synthetic_samples(
+                    f"h{h:05d}", n_devices=devices, n_ticks=ticks, start_ns=start_ns, seed=h
+                )
+            )
+            for h in range(hosts)
+        ]
+        messages = [
+            (per_host[h][k].host_id.encode(), codec.encode(per_host[h][k]))
+            for k in range(ticks)
+            for h in range(hosts)
+        ]
+        gen_s = time.perf_counter() - t0
+        n_samples = hosts * devices * ticks
+        progress(f"generated {len(messages)} messages ({n_samples} device-samples) in {gen_s:.1f}s")
+
+        # -- phase 1: backlog, then one worker drains it
+        pub_s = _publish(producer, run.topic(SAMPLES), messages)
+        result["generator"] = {
+            "messages": len(messages),
+            "bytes_per_message": round(sum(len(v) for _, v in messages) / len(messages), 1),
+            "encode_s": round(gen_s, 2),
+            "publish_messages_per_s": round(len(messages) / pub_s, 1),
+            "publish_device_samples_per_s": round(n_samples / pub_s, 1),
+            "compression": compression,
+            "acks": 1,
+        }
+        progress(f"published backlog at {len(messages) / pub_s:.0f} msg/s; starting the worker")
+        config = write_toml(run, tmp / "worker.toml")
+        worker_log = tmp / "worker.log"
+        worker = _spawn(
+            [
+                sys.executable,
+                "-m",
+                "accelpilot.cli",
+                "worker",
+                "--config",
+                str(config),
+                "-l",
+                "warning",
+            ],
+            worker_log,
+        )
+        procs.append(worker)
+        ours = _drain(worker, url, db, "seq", n_samples, timeout_s, worker_log)
+        ours["batch_max"] = run.worker.batch_max
+        result["ours"] = ours
+        progress(f"ours: {ours['device_samples_per_s']:.0f} device-samples/s")
+
+        # -- phase 2: InfluxDB alone, same lines, from this process
+        result["influxdb_alone"] = _influx_alone(run, raw_db, per_host, min(ticks, 20))
+        progress(f"influxdb alone: {result['influxdb_alone']['device_samples_per_s']:.0f}/s")
+
+        # -- phase 3: latency below saturation
+        rate = latency_load * ours["device_samples_per_s"]
+        result["latency"] = _latency(
+            run, producer, worker, per_host, rate, latency_s, fault_hosts, progress
+        )
+        _stop(worker)
+
+        # -- phase 4: the naive design
+        naive_hosts, naive_ticks = min(naive_hosts, hosts), min(naive_ticks, ticks)
+        naive_msgs = [
+            m
+            for k in range(naive_ticks)
+            for h in range(naive_hosts)
+            for m in naive_messages(per_host[h][k])
+        ]
+        n_naive = naive_hosts * devices * naive_ticks
+        naive_pub_s = _publish(producer, naive_topic, naive_msgs)
+        last_metric = list(per_host[0][0].metrics)[-1]
+        naive_log = tmp / "naive.log"
+        naive = _spawn(
+            [
+                *(sys.executable, "-m", "accelpilot.streams.bench_naive"),
+                *("--bootstrap", bootstrap, "--topic", naive_topic, "--url", url),
+                *("--group", f"bench-naive-{tag}"),
+                *("--bucket", f"{naive_db}/{run.influx.retention_policy}"),
+                *("--token", run.influx.token.get_secret_value()),
+            ],
+            naive_log,
+        )
+        procs.append(naive)
+        naive_fig = _drain(naive, url, naive_db, last_metric, n_naive, timeout_s, naive_log)
+        naive_fig["messages"] = len(naive_msgs)
+        naive_fig["publish_messages_per_s"] = round(len(naive_msgs) / naive_pub_s, 1)
+        naive_fig["publish_device_samples_per_s"] = round(n_naive / naive_pub_s, 1)
+        result["naive"] = naive_fig
+        _stop(naive)
+        result["ratio"] = {
+            "throughput_ours_over_naive": round(
+                ours["device_samples_per_s"] / max(naive_fig["device_samples_per_s"], 1e-9), 1
+            ),
+            "cpu_naive_over_ours": round(
+                naive_fig["cpu_s_per_million"] / max(ours["cpu_s_per_million"], 1e-9), 1
+            ),
+            "publish_ours_over_naive": round(
+                result["generator"]["publish_device_samples_per_s"]
+                / naive_fig["publish_device_samples_per_s"],
+                1,
+            ),
+        }
+        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        result["goal"] = {
+            "device_samples_per_s_per_worker": 100_000,
+            "met_throughput": ours["device_samples_per_s"] >= 100_000,
+            "p99_sample_to_alert_ms": 500,
+            "met_latency": (result["latency"]["sample_to_alert_ms"]["p99"] or 1e9) <= 500,
+        }
+        result["limit"] = _limit(result)
+        return result
+    finally:
+        for proc in procs:
+            _stop(proc)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=5)
+        with contextlib.suppress(Exception):
+            delete_topics(bootstrap, topics)
+        for name in (db, raw_db, naive_db):
+            with contextlib.suppress(Exception):
+                influxql(url, f'DROP DATABASE "{name}"')
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _limit(result: dict[str, Any]) -> str:
+    ours = result["ours"]
+    influx = result["influxdb_alone"]["device_samples_per_s"]
+    if ours["cpu_utilization"] >= 0.85:
+        who = "the worker's own CPU (one core, saturated)"
+    elif ours["device_samples_per_s"] >= 0.8 * influx:
+        who = "InfluxDB's write rate"
+    else:
+        who = "shared cores / waiting on InfluxDB and Kafka round trips (worker below one core)"
+    return (
+        f"{who}: worker at {ours['cpu_utilization']:.0%} of a core, "
+        f"{ours['device_samples_per_s']:.0f}/s vs InfluxDB alone {influx:.0f}/s; "
+        f"generator published {result['generator']['publish_device_samples_per_s']:.0f}/s "
+        "before the worker started (not in the measured span)"
+    )
+
+
+def _influx_alone(
+    run: Settings, db: str, per_host: list[list[HostSample]], ticks: int
+) -> dict[str, float]:
+    from influxdb_client import InfluxDBClient, WritePrecision
+    from influxdb_client.client.write_api import SYNCHRONOUS
+
+    lines = [line for h in per_host for s in h[:ticks] for line in sample_lines(s)]
+    client = InfluxDBClient(
+        url=run.influx.url, token=run.influx.token.get_secret_value(), org=run.influx.org
+    )
+    try:
+        api = client.write_api(write_options=SYNCHRONOUS)
+        bucket = f"{db}/{run.influx.retention_policy}"
+        t0 = time.perf_counter()
+        for i in range(0, len(lines), 4000):
+            api.write(
+                bucket=bucket,
+                record="\n".join(lines[i : i + 4000]),
+                write_precision=WritePrecision.NS,
+            )
+        dt = time.perf_counter() - t0
+    finally:
+        client.close()
+    return {"device_samples": len(lines), "device_samples_per_s": round(len(lines) / dt, 1)}
+
+
+def _latency(
+    run: Settings,
+    producer: Any,
+    worker: subprocess.Popen[bytes],
+    per_host: list[list[HostSample]],
+    rate: float,
+    duration_s: float,
+    fault_hosts: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Publish at ``rate`` device-samples/s with ts = send time; measure both latencies."""
+    from kafka import KafkaConsumer
+
+    hosts, devices = len(per_host), len(per_host[0][0].device_ids)
+    url, db = run.influx.url, run.influx.database
+    topic = run.topic(SAMPLES)
+    msgs_per_s = max(rate, 1000.0) / devices
+    stop = threading.Event()
+    alert_lat: list[float] = []
+    influx_lat: list[float] = []
+    t_start_ns = time.time_ns()
+    fault_hosts = min(fault_hosts, hosts)
+    fault_set = {f"h{h:05d}" for h in range(fault_hosts)}
+    probes = [f"h{h:05d}" for h in range(min(max(10, fault_hosts), hosts))]
+    markers = probes
+    consumer = KafkaConsumer(
+        run.topic(ALERTS),
+        bootstrap_servers=run.kafka.bootstrap_servers,
+        group_id=f"bench-alerts-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="latest",
+    )
+    while not consumer.assignment():  # subscribed before the first fault
+        consumer.poll(timeout_ms=200)
+
+    def read_alerts() -> None:
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=100).values():
+                now_ns = time.time_ns()
+                for r in records:
+                    a = codec.decode(Alert, r.value)
+                    if (
+                        a.kind == "thermal"
+                        and a.state == "firing"
+                        and a.host_id in fault_set
+                        and a.ts_ns >= t_start_ns
+                    ):
+                        alert_lat.append((now_ns - a.ts_ns) / 1e6)
+
+    def poll_influx() -> None:
+        regex = "|".join(markers)
+        last = t_start_ns
+        while not stop.is_set():
+            body = influxql(
+                url,
+                f"SELECT seq FROM device_sample WHERE host =~ /^({regex})$/ "
+                f"AND device =~ /gpu0$/ AND time > {last}",
+                db,
+            )
+            now_ns = time.time_ns()
+            for series in body["results"][0].get("series", []):
+                for ts, _ in series["values"]:
+                    influx_lat.append((now_ns - ts) / 1e6)
+                    last = max(last, ts)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (read_alerts, poll_influx)]
+    for t in threads:
+        t.start()
+    # Probe hosts (markers + fault hosts) tick every PROBE_INTERVAL_S whatever the load, so the
+    # latencies have enough samples; the rest of the fleet fills the offered rate round-robin.
+    ticks = len(per_host[0])
+    seq = [ticks] * hosts
+    n_probe = len(probes)
+    bg = list(range(n_probe, hosts))
+    bg_per_s = max(msgs_per_s - n_probe / PROBE_INTERVAL_S, 1.0)
+    sent = sent_bg = probe_tick = 0
+    send = producer.send
+
+    def one(h: int, fault: bool) -> None:
+        s = per_host[h][seq[h] % ticks]
+        if h < fault_hosts:
+            s = _with_fault(s, devices // 2, fault)
+        s = msgspec.structs.replace(s, ts_ns=time.time_ns(), seq=seq[h])
+        seq[h] += 1
+        send(topic, key=s.host_id.encode(), value=codec.encode(s))
+
+    t0 = time.monotonic()
+    next_probe = t0
+    try:
+        while (now := time.monotonic()) - t0 < duration_s:
+            if now >= next_probe:
+                if worker.poll() is not None:
+                    raise RuntimeError("the worker exited during the latency phase")
+                on = probe_tick % 12 in (4, 5, 6, 7)  # 4 faulty ticks, 8 clean: fire, resolve
+                for h in range(n_probe):
+                    one(h, on)
+                sent += n_probe
+                probe_tick += 1
+                next_probe += PROBE_INTERVAL_S
+                continue
+            if not bg:
+                time.sleep(next_probe - now)
+                continue
+            delay = t0 + sent_bg / bg_per_s - now
+            if delay > 0:
+                time.sleep(min(delay, next_probe - now))
+                continue
+            one(bg[sent_bg % len(bg)], False)
+            sent_bg += 1
+            sent += 1
+        producer.flush(timeout=60)
+        elapsed = time.monotonic() - t0
+        time.sleep(3.0)  # let the tail arrive
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        consumer.close()
+    achieved = sent * devices / elapsed
+    progress(f"latency phase: {achieved:.0f} device-samples/s offered, {len(alert_lat)} alerts")
+    return {
+        "target_device_samples_per_s": round(rate, 1),
+        "offered_device_samples_per_s": round(achieved, 1),
+        "duration_s": round(elapsed, 2),
+        "sample_to_influx_ms": {
+            "p50": _pct(influx_lat, 50),
+            "p99": _pct(influx_lat, 99),
+            "n": len(influx_lat),
+            "note": "visibility by polling marker devices every ~20 ms + query time",
+        },
+        "sample_to_alert_ms": {
+            "p50": _pct(alert_lat, 50),
+            "p99": _pct(alert_lat, 99),
+            "n": len(alert_lat),
+            "note": "thermal alert ts_ns (the triggering sample) to arrival on fleet.alerts",
+        },
+    }

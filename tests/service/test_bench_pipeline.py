@@ -1,0 +1,61 @@
+"""`accelpilot bench pipeline` at a tiny size: every figure present with a sane type, every sample
+counted in InfluxDB. Timings are printed by the benchmark, never asserted here."""
+
+from __future__ import annotations
+
+import numbers
+
+import pytest
+
+from accelpilot.config import Settings
+from accelpilot.stack.influxdb import influxql
+from accelpilot.streams.bench_pipeline import bench_pipeline
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0
+
+
+def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
+    hosts, devices, ticks = 20, 8, 20
+    messages: list[str] = []
+    r = bench_pipeline(
+        stack,
+        hosts=hosts,
+        devices=devices,
+        ticks=ticks,
+        latency_s=3.0,
+        fault_hosts=3,
+        naive_hosts=10,
+        naive_ticks=5,
+        progress=messages.append,
+    )
+    assert messages
+    want = hosts * devices * ticks
+    assert r["ours"]["counted"] == r["ours"]["wanted"] == want
+    assert r["naive"]["counted"] == r["naive"]["wanted"] == 10 * devices * 5
+    assert r["generator"]["messages"] == hosts * ticks
+    assert r["naive"]["messages"] == 10 * devices * 5 * 8  # 8 synthetic metrics
+    for part, keys in {
+        "ours": ("device_samples_per_s", "cpu_s_per_million", "cpu_utilization", "span_s"),
+        "naive": ("device_samples_per_s", "cpu_s_per_million", "publish_messages_per_s"),
+        "generator": ("publish_messages_per_s", "publish_device_samples_per_s"),
+        "influxdb_alone": ("device_samples_per_s",),
+        "latency": ("offered_device_samples_per_s", "duration_s"),
+        "ratio": ("throughput_ours_over_naive", "cpu_naive_over_ours"),
+    }.items():
+        for key in keys:
+            assert _number(r[part][key]), (part, key, r[part][key])
+    for kind in ("sample_to_influx_ms", "sample_to_alert_ms"):
+        fig = r["latency"][kind]
+        assert isinstance(fig["n"], int)
+        for q in ("p50", "p99"):
+            assert fig[q] is None or _number(fig[q]), (kind, q, fig[q])
+    assert r["latency"]["sample_to_influx_ms"]["n"] > 0
+    assert isinstance(r["goal"]["met_throughput"], bool)
+    assert isinstance(r["limit"], str)
+    # Its databases are gone afterwards.
+    names = influxql(stack.influx.url, "SHOW DATABASES")["results"][0]["series"][0]["values"]
+    assert not any(n[0].startswith(f"bench_{r['run_id']}") for n in names)
