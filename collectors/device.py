@@ -8,11 +8,14 @@ boundary into :mod:`accelpilot.errors` (``raise ... from e``).
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 from accelpilot.schemas.samples import DeviceEvent
+
+log = logging.getLogger(__name__)
 
 DeviceKind = Literal["gpu", "cpu", "npu", "tpu"]
 
@@ -90,9 +93,19 @@ class DeviceBackend(ABC):
 
     name: ClassVar[str]
 
-    @abstractmethod
     def probe(self) -> Availability:
-        """Can this backend run here? Never raises; the reason names the fix."""
+        """Can this backend run here? Never raises; the reason names the fix. Cached: a missing
+        library or driver is looked for once per backend instance."""
+        cached: Availability | None = getattr(self, "_availability", None)
+        if cached is None:
+            cached = self._availability = self._probe()
+            if not cached.available:
+                log.info("%s backend unavailable: %s", self.name, cached.reason)
+        return cached
+
+    @abstractmethod
+    def _probe(self) -> Availability:
+        """The actual availability check, run once by :meth:`probe`."""
 
     @abstractmethod
     def discover(self) -> list[DeviceInfo]:

@@ -131,13 +131,6 @@ class AmdSmiBackend(DeviceBackend):
         self.out_of_range: dict[str, int] = {}
 
     # -- availability ---------------------------------------------------------------------------
-    def probe(self) -> Availability:
-        if self._availability is None:
-            self._availability = self._probe()
-            if not self._availability.available:
-                log.info("amdsmi backend unavailable: %s", self._availability.reason)
-        return self._availability
-
     def _probe(self) -> Availability:
         if self._smi is None:
             try:

@@ -54,7 +54,7 @@ class CpuBackend(DeviceBackend):
         self._last_read_ns: int | None = None
 
     # -- discovery ----------------------------------------------------------------------------
-    def probe(self) -> Availability:
+    def _probe(self) -> Availability:
         if not (self.proc / "stat").exists():
             return Availability(False, f"{self.proc / 'stat'} not readable (not Linux?)")
         return Availability(True, "")

@@ -259,14 +259,6 @@ class NvmlBackend(DeviceBackend):
         self.out_of_range: dict[str, int] = {}
 
     # -- availability ---------------------------------------------------------------------------
-    def probe(self) -> Availability:
-        """Initialise NVML and count devices, once; never raises."""
-        if self._availability is None:
-            self._availability = self._probe()
-            if not self._availability.available:
-                log.info("nvml backend unavailable: %s", self._availability.reason)
-        return self._availability
-
     def _probe(self) -> Availability:
         if self._nvml is None:
             try:

@@ -69,7 +69,7 @@ class SimBackend(DeviceBackend):
         self.advances = advances
         self._idx = [i for i, d in enumerate(fleet.sim.device_ids) if host_of(d) == host_id]
 
-    def probe(self) -> Availability:
+    def _probe(self) -> Availability:
         if not self._idx:
             return Availability(
                 False,

@@ -25,7 +25,7 @@ class TwoCpus(DeviceBackend):
 
     name = "cpu"
 
-    def probe(self) -> Availability:
+    def _probe(self) -> Availability:
         return Availability(True, "")
 
     def discover(self) -> list[DeviceInfo]:
