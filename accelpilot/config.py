@@ -12,7 +12,7 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -124,6 +124,9 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
+    # The TOML file's values (set by load_settings on a subclass made per call).
+    _file_data: ClassVar[dict[str, Any]] = {}
+
     host_id: str = Field(default_factory=socket.gethostname, min_length=1)
     kafka: KafkaSettings = KafkaSettings()
     influx: InfluxSettings = InfluxSettings()
@@ -143,7 +146,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Explicit overrides (CLI flags, tests) beat the environment, which beats the file.
-        return (init_settings, env_settings)
+        return (init_settings, env_settings, _FileSource(settings_cls, cls._file_data))
 
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic such as ``telemetry.samples``."""
@@ -213,16 +216,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     data: dict[str, Any] = _read_toml(file_path) if file_path else {}
 
     class _Loaded(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _FileSource(settings_cls, data))
+        _file_data: ClassVar[dict[str, Any]] = data
 
     source = f"file {file_path} + environment" if file_path else "defaults + environment"
     try:
