@@ -24,7 +24,6 @@ from accelpilot.optimizer.policy import MaxPolicy, Policy, StaticPolicy
 from accelpilot.optimizer.profile import ProfilePolicy
 from accelpilot.optimizer.scenario import Scenario, load_scenario
 from accelpilot.optimizer.simulator import Controls, FleetSimulator
-from accelpilot.optimizer.timeline import Conditions
 
 POLICY_NAMES = ("max", "static", "profile", "oracle", "learned")
 
@@ -133,20 +132,7 @@ def run_policy(scenario: Scenario, policy: Policy, seed: int | None = None) -> t
     for k0 in range(0, n, 1024):
         win = sim.timeline.window(k0, min(1024, n - k0))
         for i in range(win.n):
-            truth = None
-            if policy.privileged:
-                truth = Conditions(
-                    tick=k0 + i,
-                    util=win.util[i],
-                    beta=win.beta[i],
-                    demand_rate=win.demand_rate[i],
-                    throttle=win.throttle[i],
-                    off_bus=win.off_bus[i],
-                    ecc_storm=win.ecc_storm[i],
-                    power_spike=win.power_spike[i],
-                    uncapped_rate=win.uncapped_rate[i],
-                    slo_rate=win.slo_rate[i],
-                )
+            truth = win.conditions(i) if policy.privileged else None
             obs = Observation(k0 + i, facts, win.demand_rate[i], tel, truth)
             c = policy.decide(obs)
             counter.add(c)

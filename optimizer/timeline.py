@@ -54,6 +54,21 @@ class TimelineWindow:
     def n(self) -> int:
         return int(self.util.shape[0])
 
+    def conditions(self, i: int) -> Conditions:
+        """The truth of the window's ``i``-th tick (tick ``k0 + i``)."""
+        return Conditions(
+            tick=self.k0 + i,
+            util=self.util[i],
+            beta=self.beta[i],
+            demand_rate=self.demand_rate[i],
+            throttle=self.throttle[i],
+            off_bus=self.off_bus[i],
+            ecc_storm=self.ecc_storm[i],
+            power_spike=self.power_spike[i],
+            uncapped_rate=self.uncapped_rate[i],
+            slo_rate=self.slo_rate[i],
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Conditions:
@@ -126,19 +141,7 @@ class Timeline:
 
     def conditions(self, tick: int) -> Conditions:
         """The truth of a single tick (convenient, not fast: use :meth:`window` in loops)."""
-        w = self.window(tick, 1)
-        return Conditions(
-            tick=tick,
-            util=w.util[0],
-            beta=w.beta[0],
-            demand_rate=w.demand_rate[0],
-            throttle=w.throttle[0],
-            off_bus=w.off_bus[0],
-            ecc_storm=w.ecc_storm[0],
-            power_spike=w.power_spike[0],
-            uncapped_rate=w.uncapped_rate[0],
-            slo_rate=w.slo_rate[0],
-        )
+        return self.window(tick, 1).conditions(0)
 
     def _uncapped_rate(self, util: Array, beta: Array, masks: dict[str, Mask]) -> Array:
         # (n, S, D): each stream's phase on each device, caps at tdp_w (min_cap_w if throttled).
