@@ -62,16 +62,36 @@ def score_series(
 ) -> list[FloatArray]:
     """Anomaly scores for each series, each as if scored alone by a fresh detector."""
     probe = make_detector(detector_name, 1, **kwargs)
+    takes_range = getattr(probe, "takes_file_range", False)
     if getattr(probe, "series_independent", False) and len(series) > 1:
+        if takes_range:
+            kwargs = {**file_range_kwargs(series), **kwargs}
         return _score_batched(series, detector_name, **kwargs)
     out = []
     for s in series:
-        det = make_detector(detector_name, 1, **kwargs)
+        extra = file_range_kwargs([s]) if takes_range else {}
+        det = make_detector(detector_name, 1, **{**extra, **kwargs})
         scores = np.empty(len(s.values))
         for t in range(len(s.values)):
             scores[t] = det.update_score(s.values[t : t + 1], s.ts_ns[t])[0]
         out.append(scores)
     return out
+
+
+def file_range_kwargs(series: Sequence[Series]) -> dict[str, Any]:
+    """NAB's protocol for detectors that take it: each file's min, max and length.
+
+    NAB's runner gives every detector ``inputMin`` / ``inputMax`` = the file's min and max
+    (``nab/detectors/base.py``), and ARTime the file's length; detectors that declare
+    ``takes_file_range`` get the same here, per series.
+    """
+    lo = [float(np.nanmin(s.values)) if np.isfinite(s.values).any() else 0.0 for s in series]
+    hi = [float(np.nanmax(s.values)) if np.isfinite(s.values).any() else 0.0 for s in series]
+    return {
+        "value_min": np.array(lo),
+        "value_max": np.array(hi),
+        "n_samples": np.array([len(s.values) for s in series], np.int64),
+    }
 
 
 def _score_batched(series: Sequence[Series], detector_name: str, **kwargs: Any) -> list[FloatArray]:

@@ -12,6 +12,7 @@ Factory = Callable[..., BatchDetector]
 
 def _factories() -> dict[str, Factory]:
     # Imported here so that `import accelpilot.detectors` stays cheap (torch loads lazily).
+    from accelpilot.detectors.artime import ARTime
     from accelpilot.detectors.covariance import LagCovariance
     from accelpilot.detectors.ensemble import Ensemble
     from accelpilot.detectors.forecaster import TorchForecaster
@@ -26,6 +27,7 @@ def _factories() -> dict[str, Factory]:
         PeerGroup.name: PeerGroup,
         MonitoringGaps.name: MonitoringGaps,
         Ensemble.name: Ensemble,
+        ARTime.name: ARTime,
     }
 
 

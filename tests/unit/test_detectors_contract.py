@@ -26,6 +26,8 @@ FAST_KWARGS = {
     "forecaster": {"train_every": 50, "train_steps": 5, "min_train": 64, "reservoir": 512},
     "peers": {"groups": GROUPS},
     "ensemble": {"member_kwargs": {"peers": {"groups": GROUPS}}},
+    # ARTime learns for a probation period of 15 % of the stated length (here 90 samples).
+    "artime": {"n_samples": 600},
 }
 
 # The torch forecaster takes ~70 s over the suite on 2 cores: marked slow (CI runs it).
