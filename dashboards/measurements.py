@@ -7,18 +7,20 @@
   cap), ``reason`` and ``action_id`` (strings) and ``applied`` (1 when the outcome is
   ``applied``, else 0, int, so a panel can ``sum()`` it); time = the result's ``ts_ns``. Keyed by
   series + time, so replaying a result overwrites it.
-- ``optimizer_savings``: tags ``policy`` (the policy's name, e.g. ``learned``); fields
-  ``energy_j`` (energy the fleet used under the policy over the period), ``baseline_energy_j``
-  (what the uncapped baseline would have used over the same period), ``savings_ratio``
-  (``1 - energy_j / baseline_energy_j``) and ``period_s``; time = the end of the period.
+- ``optimizer_savings``: tags ``policy`` (the policy's name, e.g. ``learned``) and ``host``;
+  fields ``energy_j`` (energy the host used under the policy over the period),
+  ``baseline_energy_j`` (what the same work would have cost at the host's energy per unit of work
+  before the optimizer acted on it: see :mod:`accelpilot.streams.fleet_events`),
+  ``savings_ratio`` (``1 - energy_j / baseline_energy_j``) and ``period_s``; time = the end of
+  the period. Written by the stream worker, one point per host and aggregate window.
 
 >>> from accelpilot.schemas.action_results import ActionResult
 >>> r = ActionResult(action_id="a1", host_id="n0", device_id="n0/gpu0", ts_ns=5,
 ...                  outcome="applied", previous_cap_w=700.0, new_cap_w=575.0)
 >>> action_result_lines([(r, "set_power_cap")])[0]
 'action_result,host=n0,device=n0/gpu0,kind=set_power_cap,outcome=applied applied=1i,new_cap_w=575.0,previous_cap_w=700.0,reason="",action_id="a1" 5'
->>> savings_line("learned", 90.0, 100.0, 10.0, 7)
-'optimizer_savings,policy=learned energy_j=90.0,baseline_energy_j=100.0,savings_ratio=0.1,period_s=10.0 7'
+>>> savings_line("learned", "n0", 90.0, 100.0, 10.0, 7)
+'optimizer_savings,policy=learned,host=n0 energy_j=90.0,baseline_energy_j=100.0,savings_ratio=0.1,period_s=10.0 7'
 """  # noqa: E501
 
 from __future__ import annotations
@@ -56,12 +58,18 @@ def action_result_lines(results: Iterable[tuple[ActionResult, str]]) -> list[str
 
 
 def savings_line(
-    policy: str, energy_j: float, baseline_energy_j: float, period_s: float, ts_ns: int
+    policy: str,
+    host_id: str,
+    energy_j: float,
+    baseline_energy_j: float,
+    period_s: float,
+    ts_ns: int,
 ) -> str:
     """One ``optimizer_savings`` point; ``savings_ratio`` is 0 when the baseline is 0."""
     ratio = 1.0 - energy_j / baseline_energy_j if baseline_energy_j > 0 else 0.0
     return (
-        f"{SAVINGS_MEASUREMENT},policy={escape_tag(policy)} energy_j={float(energy_j)!r},"
+        f"{SAVINGS_MEASUREMENT},policy={escape_tag(policy)},host={escape_tag(host_id)} "
+        f"energy_j={float(energy_j)!r},"
         f"baseline_energy_j={float(baseline_energy_j)!r},savings_ratio={round(ratio, 12)!r},"
         f"period_s={float(period_s)!r} {ts_ns}"
     )

@@ -147,6 +147,10 @@ def make_app(settings: Settings) -> faust.App:
 
     app.accelpilot_sink = sink  # type: ignore[attr-defined]
     app.accelpilot_gate = gate  # type: ignore[attr-defined]
+    # Actions, their outcomes and the optimizer's savings (streams/fleet_events.py).
+    from accelpilot.streams.fleet_events import register_fleet_events
+
+    app.accelpilot_fleet_events = register_fleet_events(app, settings)  # type: ignore[attr-defined]
     return app
 
 
