@@ -24,7 +24,7 @@ import numpy as np
 
 from accelpilot.detectors import nab
 from accelpilot.detectors.base import FloatArray, IntArray
-from accelpilot.detectors.registry import DEFAULT_DETECTOR, make_detector
+from accelpilot.detectors.registry import DEFAULT_DETECTOR, NAB_DETECTOR, make_detector
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 
@@ -131,7 +131,7 @@ def score_csv(in_path: Path, out_path: Path, detector_name: str = DEFAULT_DETECT
 def run_nab(
     data_dir: Path,
     out_dir: Path,
-    detector_name: str = DEFAULT_DETECTOR,
+    detector_name: str = NAB_DETECTOR,
     progress: TextIO | None = sys.stderr,
 ) -> list[Path]:
     """Score every ``<category>/*.csv`` under ``data_dir`` into NAB's results layout.
@@ -179,7 +179,7 @@ def nab_scores(
 
 def detector_scores(
     data_dir: Path,
-    detector_name: str = DEFAULT_DETECTOR,
+    detector_name: str = NAB_DETECTOR,
     relative_paths: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, FloatArray]:
@@ -192,7 +192,7 @@ def detector_scores(
 
 def evaluate_nab(
     data_dir: Path,
-    detector_name: str = DEFAULT_DETECTOR,
+    detector_name: str = NAB_DETECTOR,
     relative_paths: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, float]:

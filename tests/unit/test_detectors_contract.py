@@ -28,6 +28,7 @@ FAST_KWARGS = {
     "ensemble": {"member_kwargs": {"peers": {"groups": GROUPS}}},
     # ARTime learns for a probation period of 15 % of the stated length (here 90 samples).
     "artime": {"n_samples": 600},
+    "artime_robust": {"n_samples": 600},
 }
 
 # The torch forecaster takes ~70 s over the suite on 2 cores: marked slow (CI runs it).
