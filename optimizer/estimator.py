@@ -37,6 +37,10 @@ RATE_SIGMA = 0.01
 POWER_SIGMA = 0.02
 CHANGE_TOL = 0.02  # relative rate residual that counts as a change
 CHANGE_TICKS = 2
+EFF_RIDGE = 0.05  # pseudo-observations of log-efficiency 0 per device
+MIN_OBS_CAPPED = 6
+MAX_AGE_TICKS = 3600  # a stream with no reading for this long is forgotten (re-identified)
+RECENT_TICKS = 3  # devices observed this recently take part in the phase-change vote
 
 
 @dataclass(slots=True)
@@ -52,17 +56,27 @@ class CurveEstimator:
         self.facts = facts
         self.prior = prior
         n_s, n_d = facts.membership.shape
-        self._hist: list[list[deque[tuple[float, float, float]]]] = [
+        self._hist: list[list[deque[tuple[float, float, float, float, int]]]] = [
             [deque(maxlen=HISTORY) for _ in range(n_d)] for _ in range(n_s)
         ]
         self.est = [StreamEstimate(0.8, 0.25, False, 0) for _ in range(n_s)]
         self.eff = np.ones(n_d)
-        self._anchor: list[list[deque[tuple[float, float, float]]]] = [
+        self._anchor: list[list[deque[tuple[float, float, float, float, int]]]] = [
             [deque(maxlen=6) for _ in range(n_d)] for _ in range(n_s)
         ]
         self._strikes = np.zeros((n_s, n_d), dtype=np.int64)
+        self._last_tick = np.full((n_s, n_d), -(10**9), dtype=np.int64)
         self.changes = 0
+        self.tick = 0
         self._dirty = np.ones(n_s, dtype=bool)
+
+    def advance(self) -> None:
+        """One tick passed: observations age (those older than ``MAX_AGE_TICKS`` are dropped)."""
+        self.tick += 1
+        for s, e in enumerate(self.est):
+            stale = self._last_tick[s] < self.tick - MAX_AGE_TICKS
+            if e.n_obs and stale[self.facts.membership[s]].all():
+                self._forget_stream(s)
 
     def add(
         self, stream: int, device: int, cap_w: float, power_w: float, work: float, busy: float
@@ -82,27 +96,38 @@ class CurveEstimator:
                 self._strikes[stream, device] = 0
             if self._strikes[stream, device] >= CHANGE_TICKS:
                 self._on_change(stream, device)
-        hist[device].append((cap_w, p_obs, r_obs, busy))  # type: ignore[arg-type]
-        if p_obs < cap_w - 3 * POWER_SIGMA * p_obs / busy - 1.0:  # uncapped: identifies u
-            self._anchor[stream][device].append((cap_w, p_obs, r_obs, busy))  # type: ignore
+        row = (cap_w, p_obs, r_obs, busy, self.tick)
+        hist[device].append(row)
+        self._last_tick[stream, device] = self.tick
+        # A cap at tdp_w never binds (P_dem ≤ tdp_w), and a power reading clearly below the
+        # cap means uncapped too: such an observation pins u.
+        at_tdp = cap_w >= f.tdp_w[device] * (1 - 1e-6)
+        if at_tdp or p_obs < cap_w - 3 * POWER_SIGMA * p_obs / busy - 1.0:
+            self._anchor[stream][device].append(row)
         self._dirty[stream] = True
 
     def _on_change(self, stream: int, device: int) -> None:
         f = self.facts
         devs = np.flatnonzero(f.membership[stream])
-        active = [d for d in devs if len(self._hist[stream][d]) > 0]
+        recent = self._last_tick[stream] >= self.tick - RECENT_TICKS
+        active = [d for d in devs if recent[d] and len(self._hist[stream][d]) > 0]
         struck = [d for d in active if self._strikes[stream, d] >= CHANGE_TICKS]
         self.changes += 1
         if (len(struck) * 2 >= max(len(active), 1) and len(active) > 1) or len(active) <= 1:
-            for d in devs:  # phase change: forget the stream's history
-                self._hist[stream][d].clear()
-                self._anchor[stream][d].clear()
-                self._strikes[stream, d] = 0
-            self.est[stream].fitted = False
+            self._forget_stream(stream)  # phase change
         else:  # one device changed (ECC storm, ...): forget that device
             self._hist[stream][device].clear()
             self._anchor[stream][device].clear()
             self._strikes[stream, device] = 0
+
+    def _forget_stream(self, stream: int) -> None:
+        for d in np.flatnonzero(self.facts.membership[stream]):
+            self._hist[stream][d].clear()
+            self._anchor[stream][d].clear()
+            self._strikes[stream, d] = 0
+        self.est[stream].fitted = False
+        self.est[stream].n_obs = 0
+        self._dirty[stream] = True
 
     def predict_rate(self, stream: int, device: int, cap_w: float) -> float:
         f = self.facts
@@ -145,24 +170,33 @@ class CurveEstimator:
                 out[:, j] = v[:, inv == j].mean(axis=1)
             return out
 
+        # Per-device efficiency (log intercept) shrunk toward 1 by EFF_RIDGE pseudo-observations:
+        # a healthy device is as efficient as its datasheet, so capped observations alone
+        # identify u (through the intercept (1-β)·log u) instead of trading it for efficiency.
         mx, my = dev_mean(lx), dev_mean(y)
-        cx, cy = lx - mx[:, inv], y - my[:, inv]
-        sxx = (cx * cx).sum(axis=1)
-        sxy = (cx * cy).sum(axis=1)
+        k = (cnt / (cnt + EFF_RIDGE))[None, :]
+        a_r, b_r = y - (k * my)[:, inv], lx - (k * mx)[:, inv]
+        a_p, b_p = np.sqrt(EFF_RIDGE) * k * my, np.sqrt(EFF_RIDGE) * k * mx
+        sxx = (b_r * b_r).sum(axis=1) + (b_p * b_p).sum(axis=1)
+        sxy = (a_r * b_r).sum(axis=1) + (a_p * b_p).sum(axis=1)
         beta = np.clip((sxy + PRIOR_WEIGHT * beta0) / (sxx + PRIOR_WEIGHT), 0.02, 1.0)
-        icpt = my - beta[:, None] * mx  # log eff per device
+        icpt = k * (my - beta[:, None] * mx)  # log eff per device
         resid_r = (y - beta[:, None] * lx - icpt[:, inv]) / RATE_SIGMA
         p_pred = idle[None, :] + x * U_GRID[:, None] * dyn[None, :]
         zp = (p_obs[None, :] - p_pred) / (POWER_SIGMA * np.maximum(p_obs, 1.0) / busy + 1.0)
         loss = np.minimum(resid_r**2, 25.0).sum(axis=1) + np.minimum(zp**2, 9.0).sum(axis=1)
         loss += PRIOR_WEIGHT * (beta - beta0) ** 2 / RATE_SIGMA**2
+        loss += EFF_RIDGE * (icpt**2).sum(axis=1) / RATE_SIGMA**2
         best = loss.min()
         # Near-ties (u is not identified while every observation is capped): keep the u closest
         # to the previous estimate; the SLO guard's back-off to tdp_w yields uncapped data.
         ties = np.flatnonzero(loss <= best + 1.0)
         i = int(ties[np.argmin(np.abs(U_GRID[ties] - self.est[s].util))])
         anchored = any(len(self._anchor[s][d]) for d in np.flatnonzero(f.membership[s]))
-        self.est[s] = StreamEstimate(float(U_GRID[i]), float(beta[i]), anchored, len(rows))
+        # Usable once u is pinned by an uncapped reading, or after a few capped ones (a power
+        # budget may never allow an uncapped reading; the ridge and the prior then identify it).
+        fitted = anchored or len(rows) >= MIN_OBS_CAPPED
+        self.est[s] = StreamEstimate(float(U_GRID[i]), float(beta[i]), fitted, len(rows))
         eff = np.exp(icpt[i])
         for j, d in enumerate(uniq):
             if cnt[j] > 0:

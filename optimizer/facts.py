@@ -87,6 +87,8 @@ class Observation:
 
     ``telemetry`` is the previous tick's (``None`` before the first tick); ``demand_rate`` is
     what each stream requests now; ``truth`` is set for privileged policies (the oracle) only.
+    ``settled`` (live windows): devices whose cap held still over the whole telemetry window, so
+    its averages describe one cap (``None``: all of them, as in the simulator's 1 s ticks).
     """
 
     tick: int
@@ -94,3 +96,4 @@ class Observation:
     demand_rate: Array
     telemetry: DeviceTelemetry | None
     truth: Conditions | None = None
+    settled: Mask | None = None

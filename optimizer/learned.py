@@ -46,6 +46,7 @@ class LearnedPolicy:
         slo_margin: float = 0.01,
         headroom: float = 1.25,
         max_configs: int = 4096,
+        weights_actuated: bool = True,
     ) -> None:
         self.facts = facts
         self.prior = BetaPrior.load() if prior is _UNSET else prior
@@ -54,6 +55,10 @@ class LearnedPolicy:
         self.slo_margin = slo_margin
         self.headroom = headroom
         self.max_configs = max_configs
+        # False where load weights do not reach the workload (the live sim agents publish them
+        # for local schedulers only): then shares stay even, nothing is parked (a parked
+        # device's even share would be lost) and only caps are chosen.
+        self.weights_actuated = weights_actuated
         n = facts.n_devices
         self._parked = np.zeros(n, dtype=bool)
         self._wake_left_s = np.zeros(n)
@@ -74,12 +79,11 @@ class LearnedPolicy:
     def decide(self, obs: Observation) -> Controls:
         f = self.facts
         tel = obs.telemetry
+        self.estimator.advance()
         if tel is not None:
             self._ingest(obs)
         self.safety.observe(obs, self._uncapped_estimate(tel))
-        active = obs.demand_rate > 0
-        known = all(self.estimator.est[s].fitted for s in np.flatnonzero(active))
-        if tel is None or not known:
+        if tel is None:
             raw = Controls(
                 caps_w=f.tdp_w.copy(),
                 weights=self._fallback_weights(obs),
@@ -117,8 +121,12 @@ class LearnedPolicy:
             np.nan_to_num(tel.throttle_reasons_mask, nan=0).astype(np.int64)
             & THROTTLE_HW_THERMAL_SLOWDOWN
         ) > 0
-        usable = tel.reporting & ~throttled & ~self.safety.anomalous & ~self._parked
+        # Anomalous devices (held at tdp_w by the envelope) still teach: an ECC storm shows as
+        # a lower efficiency the solver must know about to route load elsewhere.
+        usable = tel.reporting & ~throttled & ~self._parked
         usable &= self._wake_left_s <= 0
+        if obs.settled is not None:
+            usable &= obs.settled
         for d in np.flatnonzero(usable):
             streams = np.flatnonzero(assigned[:, d] > 0)
             if len(streams) != 1:
@@ -150,7 +158,12 @@ class LearnedPolicy:
             np.nan_to_num(tel.throttle_reasons_mask, nan=0).astype(np.int64)
             & THROTTLE_HW_THERMAL_SLOWDOWN
         ) > 0
-        pinned = self.safety.anomalous & tel.reporting
+        # Devices of a stream not identified yet (start, phase change) run at tdp_w: that is
+        # where its first readings come from, and it is the safe setting for a stream we cannot
+        # model yet. The solver still gives each shared device to one stream per tick, so every
+        # stream gets readings of its own.
+        unknown = self._unknown_streams(obs)
+        pinned = (self.safety.anomalous | f.membership[unknown].any(axis=0)) & tel.reporting
         fixed = np.where(throttled, f.min_cap_w, np.where(pinned, f.tdp_w, np.nan))
         off = ~tel.reporting
         waking = (self._wake_left_s > 0) & ~self._parked
@@ -168,14 +181,20 @@ class LearnedPolicy:
             parked=self._parked & ~off,
         )
 
+    def _unknown_streams(self, obs: Observation) -> Mask:
+        fitted = np.array([e.fitted for e in self.estimator.est], dtype=bool)
+        return (obs.demand_rate > 0) & ~fitted
+
     def _uncapped_estimate(self, tel: object) -> Array | None:
         est = self.estimator
-        if tel is None or not all(e.fitted for e in est.est):
+        if tel is None:
             return None
         util = np.array([e.util for e in est.est])
         beta = np.array([e.beta for e in est.est])
         full = self._capacity(util, beta, est.eff, self.facts.tdp_w)
-        return (full * tel.reporting[None, :]).sum(axis=1)  # type: ignore[attr-defined]
+        cap = (full * tel.reporting[None, :]).sum(axis=1)  # type: ignore[attr-defined]
+        fitted = np.array([e.fitted for e in est.est], dtype=bool)
+        return np.where(fitted, cap, np.inf)
 
     def _capacity(self, util: Array, beta: Array, eff: Array, cap_w: Array) -> Array:
         """(streams, devices) estimated full-load rate at ``cap_w`` of each member device."""
@@ -192,7 +211,7 @@ class LearnedPolicy:
         full = self._capacity(model.util, model.beta, model.rate_factor, f.tdp_w)
         need = self.headroom * obs.demand_rate
         usable = ~model.down & ~model.parked
-        wake = np.zeros(f.n_devices, dtype=bool)
+        wake = model.parked & f.membership[self._unknown_streams(obs)].any(axis=0)
         for s in np.flatnonzero(obs.demand_rate > 0):
             have = float((full[s] * (usable | (self._wake_left_s > 0))).sum())
             for d in np.argsort(-full[s]):
@@ -212,6 +231,8 @@ class LearnedPolicy:
                 down=model.down | wake,
                 parked=model.parked & ~wake,
             )
+        if not self.weights_actuated:
+            return self._caps_for_even_shares(obs, model)
         plan = self._plan(model)
         park = plan.standby.copy()
         # Keep enough awake capacity (headroom) among devices the plan would park.
@@ -225,6 +246,39 @@ class LearnedPolicy:
                     park[d] = False
                     have += full[s, d]
         return Controls(caps_w=plan.caps_w, weights=plan.weights, standby=park)
+
+    def _caps_for_even_shares(self, obs: Observation, model: TickModel) -> Controls:
+        """Caps only, shares even: each device serving one stream gets the cap that minimizes
+        its joules per unit for a rate between its share of the stream's SLO rate and its share
+        of the demand (the same per-device curve the solver uses); the rest stay at tdp_w."""
+        f = self.facts
+        w = f.even_weights
+        caps = f.tdp_w.copy()
+        dyn = f.tdp_w - f.idle_w
+        fixed = ~np.isnan(model.fixed_cap_w)
+        for d in range(f.n_devices):
+            streams = np.flatnonzero(f.membership[:, d] & (obs.demand_rate > 0))
+            if len(streams) != 1 or fixed[d] or model.down[d]:
+                if fixed[d]:
+                    caps[d] = model.fixed_cap_w[d]
+                continue
+            s = int(streams[0])
+            u, b = float(model.util[s]), float(model.beta[s])
+            pk = float(f.peak_rate[d] * model.rate_factor[d])
+            x_lo = min(1.0, (f.min_cap_w[d] - f.idle_w[d]) / (u * dyn[d]))
+            r_max = pk * u
+            lo = min(model.slo_rate[s] * w[s, d], r_max)
+            hi = min(max(obs.demand_rate[s] * w[s, d], lo), r_max)
+            r = np.linspace(lo, hi, 65) if hi > lo else np.array([lo])
+            x = np.maximum(x_lo, (r / r_max) ** (1.0 / b))
+            power = f.idle_w[d] + r * (dyn[d] / pk) * x ** (1.0 - b)
+            best = int(np.argmin(power / np.maximum(r, 1e-12)))
+            caps[d] = f.idle_w[d] + u * dyn[d] * x[best] + 1e-9 * f.tdp_w[d]
+        return Controls(
+            caps_w=np.clip(caps, f.min_cap_w, f.tdp_w),
+            weights=w.copy(),
+            standby=np.zeros(f.n_devices, dtype=bool),
+        )
 
     def _plan(self, model: TickModel) -> Plan:
         key = model.key()

@@ -142,6 +142,19 @@ def telemetry_from_aggregates(
     )
 
 
+def settled_devices(
+    facts: FleetFacts, aggregates: Mapping[str, Aggregate], tolerance_w: float = 0.5
+) -> Mask:
+    """Devices whose cap did not move within the window (``cap_w`` min = max): only their
+    window averages describe a single cap, so only they teach the policy's model."""
+    out = np.zeros(facts.n_devices, dtype=bool)
+    for i, d in enumerate(facts.device_ids):
+        agg = aggregates.get(d)
+        st = None if agg is None else agg.metrics.get("cap_w")
+        out[i] = st is not None and st.max - st.min <= tolerance_w
+    return out
+
+
 # Alert kinds that do not make the optimizer revert a device (see LiveOptimizer.on_alert).
 NO_REVERT_KINDS = frozenset({"anomaly"})
 
@@ -211,12 +224,17 @@ class LiveOptimizer:
         lifetime_s: float = 60.0,
         clock_ns: Callable[[], int] = time.time_ns,
         host_of: Callable[[str], str] = host_of,
+        weights_actuated: bool = False,
     ) -> None:
         if mode not in ("advise", "auto"):
             raise ValueError(f"mode must be 'advise' or 'auto', not {mode!r}")
         self.facts = facts
         self.mode: Mode = mode
-        self.policy = policy if policy is not None else LearnedPolicy(facts)
+        self.policy = (
+            policy
+            if policy is not None
+            else LearnedPolicy(facts, weights_actuated=weights_actuated)
+        )
         self.window_s = window_s
         self.window_grace_ns = round(window_grace_s * 1e9)
         self.anomaly_threshold = anomaly_threshold
@@ -359,7 +377,10 @@ class LiveOptimizer:
         if safety is not None and anomalous.any():  # the envelope's own anomaly revert
             hold = safety.config.anomaly_hold_ticks + 1
             safety._anomaly_left = np.where(anomalous, hold, safety._anomaly_left)
-        controls = self.policy.decide(Observation(self._tick, self.facts, demand, tel))
+        settled = settled_devices(self.facts, aggs)
+        controls = self.policy.decide(
+            Observation(self._tick, self.facts, demand, tel, settled=settled)
+        )
         self.counters.decisions += 1
         controls = self._revert_anomalous(controls, anomalous)
         intents = controls_to_intents(

@@ -10,9 +10,10 @@ Rules, applied in this order to a raw :class:`Controls`:
    devices go to ``tdp_w`` for ``backoff_ticks`` (backing off the savings).
 4. **Bounded change**: a cap moves at most ``max_step_w`` per tick, except jumps *up to*
    ``tdp_w`` made by rules 2 and 3 (raising a cap is the safe direction).
-5. **Budget**: if the caps sum above ``fleet_power_budget_w``, the increases of this tick are
-   scaled down first, then (if still needed) every headroom above ``min_cap_w`` by one factor,
-   so the sum never exceeds the budget (the previous tick's caps already fit it).
+5. **Budget**: if the caps sum above ``fleet_power_budget_w``, the budget is taken first from
+   devices the envelope is not raising (their increases of this tick, then their headroom
+   above ``min_cap_w``), then from the raised ones, then from every headroom by one factor,
+   so the sum never exceeds the budget and a backing-off SLO guard is not cancelled by it.
 
 Properties (tests/unit/test_policies_safety.py, hypothesis): for any raw output the caps are in
 limits, move by at most ``max_step_w`` unless going to ``tdp_w``, and respect the budget.
@@ -103,7 +104,7 @@ class SafetyEnvelope:
         prev = self.caps_w
         stepped = np.clip(caps, prev - self.max_step_w, prev + self.max_step_w)
         caps = np.where(to_tdp, tdp, stepped)
-        caps = self._fit_budget(caps, prev)
+        caps = self._fit_budget(caps, prev, to_tdp)
         weights = self._weights(raw.weights)
         standby = (
             None if raw.standby is None else np.asarray(raw.standby, dtype=bool) & ~self.anomalous
@@ -113,16 +114,24 @@ class SafetyEnvelope:
         self.caps_w, self.weights = caps, weights
         return Controls(caps_w=caps, weights=weights, standby=standby)
 
-    def _fit_budget(self, caps: Array, prev: Array) -> Array:
+    def _fit_budget(self, caps: Array, prev: Array, priority: Mask) -> Array:
+        """Fit ``Σ caps`` under the budget, taking from the other devices before a device the
+        envelope is raising (SLO guard, anomaly): first their increases, then their headroom,
+        then the priority increases, then every headroom by one factor."""
         budget = self.facts.budget_w
         if budget is None or caps.sum() <= budget:
             return caps
         lo = self.facts.min_cap_w
         up = np.maximum(caps - prev, 0.0)
-        base = caps - up
-        if base.sum() <= budget:
-            return base + up * ((budget - base.sum()) / up.sum())
-        head = base - lo
+        for give in (up * ~priority, (caps - up - lo) * ~priority, up * priority):
+            over = caps.sum() - budget
+            if over <= 0:
+                return caps
+            if give.sum() > 0:
+                caps = caps - give * min(1.0, over / give.sum())
+        if caps.sum() <= budget:
+            return caps
+        head = caps - lo
         return lo + head * max(0.0, (budget - lo.sum()) / head.sum()) * (1 - 1e-12)
 
     def _weights(self, raw: object) -> Array:
