@@ -641,11 +641,12 @@ def energy(ds: DatasourceRef | None = None) -> Dashboard:
         [
             Panel(
                 "stat",
-                "Savings ratio (latest)",
+                "Savings ratio in range (energy per unit of work vs baseline)",
                 [
                     q(
-                        f'SELECT last("savings_ratio") FROM "optimizer_savings" WHERE $timeFilter '
-                        f'AND {pol} GROUP BY "policy"',
+                        'SELECT 1 - sum("energy_j") / sum("baseline_energy_j") AS "savings_ratio" '
+                        f'FROM "optimizer_savings" WHERE $timeFilter AND {pol} AND {HOST} '
+                        'GROUP BY "policy"',
                         alias="$tag_policy",
                     )
                 ],
@@ -663,7 +664,7 @@ def energy(ds: DatasourceRef | None = None) -> Dashboard:
                 [
                     q(
                         'SELECT sum("baseline_energy_j") - sum("energy_j") FROM "optimizer_savings" '  # noqa: E501
-                        f"WHERE $timeFilter AND {pol}"
+                        f"WHERE $timeFilter AND {pol} AND {HOST}"
                     )
                 ],
                 FieldConfig("joule", color_mode="fixed", fixed_color="green"),
@@ -694,7 +695,7 @@ def energy(ds: DatasourceRef | None = None) -> Dashboard:
                 [
                     q(
                         'SELECT sum("energy_j") AS "policy", sum("baseline_energy_j") AS "baseline" '  # noqa: E501
-                        f'FROM "optimizer_savings" WHERE $timeFilter AND {pol} '
+                        f'FROM "optimizer_savings" WHERE $timeFilter AND {pol} AND {HOST} '
                         'GROUP BY time($__interval), "policy" fill(null)'
                     )
                 ],
@@ -705,8 +706,9 @@ def energy(ds: DatasourceRef | None = None) -> Dashboard:
                 "Savings ratio",
                 [
                     q(
-                        f'SELECT mean("savings_ratio") FROM "optimizer_savings" WHERE $timeFilter '
-                        f'AND {pol} GROUP BY time($__interval), "policy" fill(null)',
+                        'SELECT 1 - sum("energy_j") / sum("baseline_energy_j") AS "savings_ratio" '
+                        f'FROM "optimizer_savings" WHERE $timeFilter AND {pol} AND {HOST} '
+                        'GROUP BY time($__interval), "policy" fill(none)',
                         alias="$tag_policy",
                     )
                 ],
@@ -752,7 +754,10 @@ def energy(ds: DatasourceRef | None = None) -> Dashboard:
         tags=("accelpilot", "energy", "optimizer"),
         variables=variables,
         links=_links(UID_ENERGY),
-        description="Energy used, and what the optimizer saved against the uncapped baseline.",
+        description=(
+            "Energy used, and what the optimizer saved: measured energy against the same work "
+            "at each host's energy per unit of work before the optimizer acted on it."
+        ),
     )
 
 

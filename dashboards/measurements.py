@@ -5,8 +5,12 @@
   ``set_load_weights``), ``outcome`` (``applied``, ``dry_run``, ``unchanged``, ``rejected``,
   ``failed``); fields ``new_cap_w`` and ``previous_cap_w`` (floats, absent when the action has no
   cap), ``reason`` and ``action_id`` (strings) and ``applied`` (1 when the outcome is
-  ``applied``, else 0, int, so a panel can ``sum()`` it); time = the result's ``ts_ns``. Keyed by
-  series + time, so replaying a result overwrites it.
+  ``applied``, else 0, int, so a panel can ``sum()`` it); time = the result's ``ts_ns`` plus
+  ``crc32(action_id) % 1_000_000`` ns (under 1 ms). InfluxDB keys a point by series + time, so
+  without that offset two results of one host, device, kind and outcome stamped at the same
+  instant (say the load weights of two streams) would overwrite each other; with it they stay
+  two points, and a replayed result still overwrites itself (InfluxDB's documented remedy for
+  duplicate points: make the timestamp unique).
 - ``optimizer_savings``: tags ``policy`` (the policy's name, e.g. ``learned``) and ``host``;
   fields ``energy_j`` (energy the host used under the policy over the period),
   ``baseline_energy_j`` (what the same work would have cost at the host's energy per unit of work
@@ -18,13 +22,14 @@
 >>> r = ActionResult(action_id="a1", host_id="n0", device_id="n0/gpu0", ts_ns=5,
 ...                  outcome="applied", previous_cap_w=700.0, new_cap_w=575.0)
 >>> action_result_lines([(r, "set_power_cap")])[0]
-'action_result,host=n0,device=n0/gpu0,kind=set_power_cap,outcome=applied applied=1i,new_cap_w=575.0,previous_cap_w=700.0,reason="",action_id="a1" 5'
+'action_result,host=n0,device=n0/gpu0,kind=set_power_cap,outcome=applied applied=1i,new_cap_w=575.0,previous_cap_w=700.0,reason="",action_id="a1" 703400'
 >>> savings_line("learned", "n0", 90.0, 100.0, 10.0, 7)
 'optimizer_savings,policy=learned,host=n0 energy_j=90.0,baseline_energy_j=100.0,savings_ratio=0.1,period_s=10.0 7'
 """  # noqa: E501
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 
 from accelpilot.schemas.action_results import ActionResult
@@ -36,6 +41,11 @@ SAVINGS_MEASUREMENT = "optimizer_savings"
 
 def _field_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def unique_offset_ns(action_id: str) -> int:
+    """A deterministic sub-millisecond offset that keeps same-instant results apart."""
+    return zlib.crc32(action_id.encode()) % 1_000_000
 
 
 def action_result_lines(results: Iterable[tuple[ActionResult, str]]) -> list[str]:
@@ -52,7 +62,7 @@ def action_result_lines(results: Iterable[tuple[ActionResult, str]]) -> list[str
         lines.append(
             f"{ACTION_RESULT_MEASUREMENT},host={escape_tag(r.host_id)},"
             f"device={escape_tag(r.device_id or '-')},kind={escape_tag(kind)},"
-            f"outcome={r.outcome} {','.join(fields)} {r.ts_ns}"
+            f"outcome={r.outcome} {','.join(fields)} {r.ts_ns + unique_offset_ns(r.action_id)}"
         )
     return lines
 

@@ -1,47 +1,136 @@
-"""Every dashboard panel query and every alert-rule query returns rows on realistic data.
+"""Every dashboard panel, variable and alert-rule query returns rows on data the real pipeline
+wrote into the real InfluxDB.
 
-The data goes into the real InfluxDB (a test-unique database) through the real pipeline pieces:
-the demo fleet (accelpilot.demo.Demo, bundled demo-fleet scenario) for 90 ticks, its samples via
-``sample_lines``, 10 s and 60 s aggregates via ``WindowAggregator`` + ``aggregate_lines``, its
-monitor's anomalies and alerts via ``event_lines``, its action results and the savings against a
-no-policy run of the same scenario via ``accelpilot.dashboards.measurements``. The sim backend
-reports 7 metrics, so one extra host reports every metric of the metrics table (as an NVML host
-does), so the device dashboard's per-metric panels are exercised too.
+The data path is the production one: simulated hosts (the bundled ``demo-fleet`` scenario, 4 hosts
+x 8 GPUs + a CPU, with its injected faults: thermal runaway, power noise, ECC, XID, a device going
+silent) are sampled by the agents' own ``Sampler`` on the sim backend; the learned policy's
+decisions are signed (``ActionSigner``) and verified, applied and audited by each host's own
+``Actuator``, as the live optimizer and the agents do. The sample payloads, the actions and the
+action results are published to the test's own Kafka topics; the real ``accelpilot worker``
+(its own process) validates, aggregates, detects, alerts and writes everything to a test-unique
+InfluxDB database, including ``action_result`` and ``optimizer_savings`` (its fleet-events
+stage). Then every query is run against that database and must return rows.
+
+The fleet runs on a simulated clock starting ``TICKS`` seconds ago (1 s per tick), injected into
+the simulator, samplers, signer and verifiers, so timestamps are consistent and in the past. The
+optimizer acts only after ``BASELINE_TICKS`` (the hosts' unmanaged baseline for the savings).
+The sim backend reports 7 metrics, so one more host reports every metric of the metrics table
+(as an NVML host does) so that the device dashboard's per-metric panels are exercised too.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import urllib.request
+import signal
+import subprocess
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from accelpilot.collectors.action_verifier import ActionVerifier, JsonSeqStore
+from accelpilot.collectors.actuator import Actuator
+from accelpilot.collectors.audit_log import AuditLog
+from accelpilot.collectors.backends.sim import SimBackend, SimFleet
+from accelpilot.collectors.publisher import KafkaPublisher
+from accelpilot.collectors.sampler import Sampler
 from accelpilot.config import Settings
 from accelpilot.dashboards import alert_rules
 from accelpilot.dashboards.catalog import all_dashboards
-from accelpilot.dashboards.measurements import action_result_lines, savings_line
-from accelpilot.demo import Demo, load_demo_scenario
+from accelpilot.demo import load_demo_scenario
 from accelpilot.errors import StackError
+from accelpilot.optimizer.actions import ActionSigner, controls_to_intents
+from accelpilot.optimizer.evaluate import make_policy
+from accelpilot.optimizer.facts import FleetFacts, Observation
+from accelpilot.schemas.action_results import ActionResult
+from accelpilot.schemas.actions import Action
 from accelpilot.schemas.metrics import METRICS
 from accelpilot.schemas.samples import HostSample
+from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, SAMPLES
+from accelpilot.signing import Signer, generate_keypair, load_public_keys
 from accelpilot.stack.influxdb import influxql
-from accelpilot.streams.aggregate_lines import aggregate_lines
-from accelpilot.streams.aggregates import WindowAggregator
-from accelpilot.streams.event_lines import alert_lines, anomaly_lines
-from accelpilot.streams.influx_lines import sample_lines
+from tests.service.test_first_slice import _start_worker
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
-TICKS = 90
+TICKS = 130
+BASELINE_TICKS = 40
+S = 10**9
 
 
-def _full_host(ts_ns: list[int]) -> list[HostSample]:
+class SimulatedFleet:
+    """Sim hosts with their samplers and actuators, and the learned policy signing actions."""
+
+    def __init__(self, state_dir: Path, start_ns: int) -> None:
+        self.now_ns = start_ns
+        scenario = load_demo_scenario(None)
+        self.fleet = SimFleet(scenario, start_ns=start_ns)
+        self.facts = FleetFacts.from_scenario(scenario)
+        self.policy = make_policy("learned", scenario)
+        private, _ = generate_keypair(state_dir / "keys")
+        public = load_public_keys(state_dir / "keys")
+        issuer = f"optimizer:{self.policy.name}"
+        self.signer = ActionSigner(Signer.from_file(private), issuer, clock_ns=self.clock)
+        self.hosts: dict[str, tuple[Sampler, Actuator]] = {}
+        for host in self.fleet.hosts:
+            backend = SimBackend(self.fleet, host)
+            devices = backend.discover()
+            seqs = JsonSeqStore(state_dir / f"{host}.seq.json", host)
+            actuator = Actuator(
+                host,
+                [(backend, d) for d in devices],
+                ActionVerifier(public, host, self.clock, seqs),
+                AuditLog(state_dir / f"{host}.audit.jsonl"),
+                load_weights_path=state_dir / f"{host}.load-weights.json",
+                clock_ns=self.clock,
+            )
+            sampler = Sampler(host, [backend], devices, 1.0, clock_ns=self.clock)
+            self.hosts[host] = (sampler, actuator)
+
+    def clock(self) -> int:
+        return self.now_ns
+
+    def tick(
+        self, tick: int, act: bool
+    ) -> tuple[list[HostSample], list[Action], list[ActionResult]]:
+        """One second: sample every host, then (when ``act``) the policy decides and the
+        actuators handle its signed actions. Returns (samples, actions, results)."""
+        step = self.fleet.advance()
+        samples = [sampler.sample() for sampler, _ in self.hosts.values()]
+        actions: list[Action] = []
+        results: list[ActionResult] = []
+        if act:
+            obs = Observation(
+                tick, self.facts, self.fleet.sim.conditions().demand_rate, step.telemetry
+            )
+            fleet = self.fleet
+            intents = controls_to_intents(
+                self.facts,
+                self.policy.decide(obs),
+                caps_w=fleet.caps_w,
+                standby=fleet.standby,
+                weights=fleet.weights,
+            )
+            for intent in intents:
+                action = self.signer.sign(intent)
+                got = self.hosts[intent.host_id][1].handle(action)
+                if intent.kind == "set_load_weights" and all(r.outcome == "applied" for r in got):
+                    assert intent.stream is not None and intent.weights is not None
+                    for device_id, w in intent.weights.items():  # the host's scheduler takes them
+                        fleet.weights[intent.stream, self.facts.device_ids.index(device_id)] = w
+                actions.append(action)
+                results += got
+        self.now_ns += S
+        return samples, actions, results
+
+
+def _full_host(tick: int, ts_ns: int) -> HostSample:
     """A host whose collector reports every metric (values mid-range of each metric's bounds)."""
     typical = {
         "power_w": 350.0,
         "power_instant_w": 360.0,
-        "energy_j": 1e6,
         "cap_w": 700.0,
         "temp_c": 60.0,
         "mem_temp_c": 70.0,
@@ -52,78 +141,54 @@ def _full_host(ts_ns: list[int]) -> list[HostSample]:
         "pstate": 0.0,
         "throttle_reasons_mask": 4.0,
     }
-    out = []
-    for i, ts in enumerate(ts_ns):
-        metrics = {}
-        for name, m in METRICS.items():
-            base = typical.get(name, min(m.high, 50.0))
-            metrics[name] = [base + (i % 5) * (0 if name == "pstate" else 1.0)] * 2
-        metrics["energy_j"] = [1e6 + 350.0 * i] * 2
-        out.append(
-            HostSample(
-                host_id="nvml-host",
-                ts_ns=ts,
-                seq=i,
-                interval_s=1.0,
-                device_ids=["nvml-host/gpu0", "nvml-host/gpu1"],
-                device_kinds=["gpu", "gpu"],
-                metrics=metrics,
-            )
-        )
-    return out
+    metrics: dict[str, list[float | None]] = {}
+    for name, m in METRICS.items():
+        base = typical.get(name, min(m.high, 50.0))
+        metrics[name] = [base + (tick % 5) * (0 if name == "pstate" else 1.0)] * 2
+    metrics["energy_j"] = [1e6 + 350.0 * tick] * 2
+    return HostSample(
+        host_id="nvml-host",
+        ts_ns=ts_ns,
+        seq=tick,
+        interval_s=1.0,
+        device_ids=["nvml-host/gpu0", "nvml-host/gpu1"],
+        device_kinds=["gpu", "gpu"],
+        metrics=metrics,
+    )
 
 
-def _write(settings: Settings, lines: list[str]) -> None:
-    url = f"{settings.influx.url}/write?db={settings.influx.database}&precision=ns"
-    for i in range(0, len(lines), 5000):
-        body = "\n".join(lines[i : i + 5000]).encode()
-        with urllib.request.urlopen(urllib.request.Request(url, body, method="POST"), timeout=30):
-            pass
+def _publish(settings: Settings, tmp_path: Path) -> tuple[int, int, Counter[str]]:
+    """Run the fleet and publish what its agents and optimizer would; returns the time range
+    and the counts sent per kind."""
+    start_ns = (time.time_ns() - (TICKS + 5) * S) // S * S
+    sim = SimulatedFleet(tmp_path / "fleet", start_ns)
+    sent: Counter[str] = Counter()
+    bootstrap = settings.kafka.bootstrap_servers
+    with (
+        KafkaPublisher(bootstrap, settings.topic(SAMPLES)) as samples_out,
+        KafkaPublisher(bootstrap, settings.topic(ACTIONS)) as actions_out,
+        KafkaPublisher(bootstrap, settings.topic(ACTION_RESULTS)) as results_out,
+    ):
+        for tick in range(TICKS):
+            samples, actions, results = sim.tick(tick, act=tick >= BASELINE_TICKS)
+            samples.append(_full_host(tick, samples[0].ts_ns))
+            for s in samples:
+                samples_out.send(s.host_id, s)
+                sent["device_sample"] += len(s.device_ids)
+            for a in actions:
+                actions_out.send(a.host_id, a)
+            for r in results:
+                results_out.send(r.host_id, r)
+            sent["action"] += len(actions)
+            sent["action_result"] += len(results)
+            sent["applied"] += sum(r.outcome == "applied" for r in results)
+    return start_ns - 120 * S, sim.now_ns + 120 * S, sent
 
 
-def _load(settings: Settings, tmp_path: Path) -> tuple[int, int]:
-    scenario = load_demo_scenario(None)
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "baseline").mkdir()
-    demo = Demo(scenario, tmp_path / "demo")
-    baseline = Demo(scenario, tmp_path / "baseline", policy="none")
-    samples: list[HostSample] = []
-    anomalies = []
-    process, observe = demo.pipeline.process, demo.monitor.observe_batch
-
-    def keep_samples(batch):  # type: ignore[no-untyped-def]
-        out = process(batch)
-        samples.extend(out)
-        return out
-
-    def keep_anomalies(batch):  # type: ignore[no-untyped-def]
-        a, al = observe(batch)
-        anomalies.extend(a)
-        return a, al
-
-    demo.pipeline.process = keep_samples  # type: ignore[method-assign]
-    demo.monitor.observe_batch = keep_anomalies  # type: ignore[method-assign]
-    lines: list[str] = []
-    for tick in range(1, TICKS + 1):
-        demo.step()
-        baseline.step()
-        if tick % 10 == 0:
-            e = float(demo.fleet.sim.totals().energy_j.sum())
-            b = float(baseline.fleet.sim.totals().energy_j.sum())
-            lines.append(savings_line("learned", e, b, float(tick), samples[-1].ts_ns))
-    samples += _full_host(sorted({s.ts_ns for s in samples})[:: max(1, len(samples) // 60)])
-    for s in samples:
-        lines += sample_lines(s)
-    for window_s in (10.0, 60.0):
-        agg = WindowAggregator(window_s=window_s, allowed_lateness_s=0.0)
-        aggs = [a for s in sorted(samples, key=lambda s: s.ts_ns) for a in agg.add(s)]
-        lines += aggregate_lines(aggs + agg.flush_all())
-    lines += anomaly_lines(anomalies) + alert_lines(demo.alerts)
-    kinds = dict(demo.store.query("SELECT action_id, kind FROM action"))
-    lines += action_result_lines((r, kinds[r.action_id]) for r in demo.results)
-    _write(settings, lines)
-    ts = [s.ts_ns for s in samples]
-    return min(ts) - 120 * 10**9, max(ts) + 120 * 10**9
+def _count(settings: Settings, query: str) -> int:
+    body = influxql(settings.influx.url, query, settings.influx.database)
+    series = body["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
 
 
 def _rows(settings: Settings, query: str) -> int:
@@ -140,10 +205,62 @@ def _regex(values: list[str]) -> str:
     return "(" + "|".join(re.escape(v).replace("/", "\\/") for v in values) + ")"
 
 
+def _wait_for_pipeline(
+    settings: Settings, worker: subprocess.Popen[bytes], log: Path, sent: Counter[str]
+) -> None:
+    """Until every sample and action result is in InfluxDB, and the derived measurements are."""
+    want = {
+        "SELECT count(seq) FROM device_sample": sent["device_sample"],
+        "SELECT count(action_id) FROM action_result": sent["action_result"],
+        "SELECT count(savings_ratio) FROM optimizer_savings": 1,
+        "SELECT count(firing) FROM alert WHERE \"kind\" = 'failure_risk'": 1,
+        "SELECT count(firing) FROM alert WHERE \"kind\" = 'device_silent'": 1,
+        "SELECT count(score) FROM anomaly": 1,
+        "SELECT count(sample_count) FROM host_agg WHERE \"window\" = '60s'": 1,
+    }
+    deadline = time.monotonic() + 240
+    missing = dict(want)
+    while missing and time.monotonic() < deadline:
+        assert worker.poll() is None, log.read_text()[-3000:]
+        missing = {q: n for q, n in want.items() if _count(settings, q) < n}
+        time.sleep(1.0)
+    got = {q: _count(settings, q) for q in want}
+    assert not missing, f"pipeline incomplete: {got} (wanted at least {want})"
+    # Exactly what was sent: no sample and no result lost or duplicated on the way.
+    assert got["SELECT count(seq) FROM device_sample"] == sent["device_sample"]
+    assert got["SELECT count(action_id) FROM action_result"] == sent["action_result"]
+
+
 def test_every_panel_and_alert_query_returns_rows(
     service_settings: Settings, tmp_path: Path
 ) -> None:
-    start, end = _load(service_settings, tmp_path)
+    settings = service_settings
+    worker = _start_worker(settings, tmp_path)
+    try:
+        start, end, sent = _publish(settings, tmp_path)
+        assert sent["applied"] > 0 and sent["action"] > 0
+        _wait_for_pipeline(settings, worker, tmp_path / "worker.log", sent)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+
+    # Every action result carries its action's kind (joined across the two topics).
+    unknown = _count(settings, "SELECT count(action_id) FROM action_result WHERE kind = 'unknown'")
+    assert unknown == 0
+    # The savings are those of the learned policy, on the sim hosts that it acted on.
+    body = influxql(
+        settings.influx.url,
+        'SHOW TAG VALUES FROM "optimizer_savings" WITH KEY IN ("policy", "host")',
+        settings.influx.database,
+    )
+    tags = {(row[0], row[1]) for row in body["results"][0]["series"][0]["values"]}
+    assert ("policy", "learned") in tags and ("host", "nvml-host") not in tags
+
     time_filter = f"time >= {start} AND time <= {end}"
     failures = []
     checked = 0
@@ -156,11 +273,12 @@ def test_every_panel_and_alert_query_returns_rows(
             q = var["query"]
             for name, v in values.items():
                 q = q.replace(f"${name}", v)
-            body = influxql(service_settings.influx.url, q, service_settings.influx.database)
+            body = influxql(settings.influx.url, q, settings.influx.database)
             got = [
                 row[1] for r in body["results"] for s in r.get("series", []) for row in s["values"]
             ]
             assert got, f"{dash['uid']}: variable {var['name']} has no values ({q})"
+            checked += 1
             values[var["name"]] = _regex(got)
         panels = [p for p in dash["panels"] if p["type"] != "row"]
         for p in panels:
@@ -170,7 +288,7 @@ def test_every_panel_and_alert_query_returns_rows(
                     q = q.replace(f"${name}", v)
                 assert not re.search(r"\$\w", q), q
                 checked += 1
-                if _rows(service_settings, q) <= 0:
+                if _rows(settings, q) <= 0:
                     failures.append(f"{dash['uid']} / {p['title']}: {q}")
     for rule in alert_rules.api_rules():
         for d in rule["data"]:
@@ -178,7 +296,7 @@ def test_every_panel_and_alert_query_returns_rows(
                 continue
             q = d["model"]["query"].replace("$timeFilter", time_filter)
             checked += 1
-            if _rows(service_settings, q) <= 0:
+            if _rows(settings, q) <= 0:
                 failures.append(f"alert {rule['uid']}: {q}")
     assert not failures, "queries returning nothing:\n" + "\n".join(failures)
     assert checked > 60

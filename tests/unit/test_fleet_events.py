@@ -185,3 +185,16 @@ def test_baselines_survive_a_restart(tmp_path: Path) -> None:
 def test_policy_names() -> None:
     assert policy_of("optimizer:learned") == "learned"
     assert policy_of("operator:alice") == "operator:alice"
+
+
+def test_results_at_the_same_instant_stay_distinct_points_and_replays_overwrite() -> None:
+    ev = FleetEvents(10.0)
+    ev.on_action(_action("a1", "set_load_weights"))
+    ev.on_action(_action("a2", "set_load_weights"))
+    r1 = ActionResult(action_id="a1", host_id="n0", ts_ns=5 * S, outcome="applied")
+    r2 = ActionResult(action_id="a2", host_id="n0", ts_ns=5 * S, outcome="applied")
+    lines = ev.on_results([r1, r2])
+    keys = {(line.split(" ")[0], line.rsplit(" ", 1)[1]) for line in lines}
+    assert len(keys) == 2  # same series, different times
+    assert all(5 * S <= int(t) < 5 * S + 10**6 for _, t in keys)
+    assert ev.on_results([r1, r2]) == lines
