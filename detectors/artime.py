@@ -67,30 +67,30 @@ def probation_samples(n_samples: int | None) -> int:
     return pp - pp % 2
 
 
-def haar(x: FloatArray) -> FloatArray:
+def haar(x: Sequence[float]) -> list[float]:
     """Full orthonormal Haar transform of a power-of-two vector: ``[a_L, d_L, ..., d_1]``.
 
     Details are ``(odd - even) / sqrt(2)`` per pair, the sign convention of Wavelets.jl's
     ``dwt(x, wavelet(WT.haar))`` that ARTime uses (the other sign changes 16 of the 31
-    NAB files' detections).
+    NAB files' detections). Plain floats: 8 numbers are cheaper without numpy.
 
-    >>> haar(np.array([1.0, 1.0, 1.0, 1.0])).round(6).tolist()
+    >>> [round(v, 6) for v in haar([1.0, 1.0, 1.0, 1.0])]
     [2.0, 0.0, 0.0, 0.0]
     """
-    out = []
-    a = np.asarray(x, np.float64)
+    out: list[float] = []
+    a = [float(v) for v in x]
     while len(a) > 1:
         even, odd = a[0::2], a[1::2]
-        out.append((odd - even) * SQRT_HALF)
-        a = (even + odd) * SQRT_HALF
-    out.append(a)
-    return np.concatenate(out[::-1])
+        out = [(o - e) * SQRT_HALF for e, o in zip(even, odd, strict=True)] + out
+        a = [(e + o) * SQRT_HALF for e, o in zip(even, odd, strict=True)]
+    return a + out
 
 
-def _minmax(x: FloatArray) -> FloatArray:
-    x = x - x.min()
-    top = x.max()
-    return x / top if top != 0 else x
+def _minmax(x: Sequence[float]) -> list[float]:
+    low = min(x)
+    shifted = [v - low for v in x]
+    top = max(shifted)
+    return [v / top for v in shifted] if top != 0 else shifted
 
 
 def pair_similarity(features: FloatArray) -> FloatArray:
@@ -115,12 +115,18 @@ class _Art:
     rho_lb: float = 0.0
     rho_ub: float = 0.0
     w: FloatArray = field(init=False)
+    #: Per category: L1 norm of w (0 -> 0.001), and w's newest level plus its complement.
+    norm: FloatArray = field(init=False)
+    energy: FloatArray = field(init=False)
     last_used: IntArray = field(init=False)
     n: int = 0
     clock: int = 0
+    zero_energy: bool = False
 
     def __post_init__(self) -> None:
         self.w = np.zeros((self.capacity, 2 * self.dim))
+        self.norm = np.zeros(self.capacity)
+        self.energy = np.zeros(self.capacity)
         self.last_used = np.zeros(self.capacity, np.int64)
 
     def train(self, f: FloatArray, learning: bool = True) -> tuple[bool, float, float]:
@@ -134,33 +140,39 @@ class _Art:
         if self.n == 0:
             self._commit(np.ones(2 * self.dim))
             return True, 0.0, 0.0
-        w = self.w[: self.n]
-        em = np.minimum(x, w)
-        nw = w.sum(axis=1)
-        nw[nw == 0] = 0.001
-        fsim = em.sum(axis=1) / nw
-        e, last = self.dim - 1, 2 * self.dim - 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            esim = (em[:, e] + em[:, last]) / (w[:, e] + w[:, last])
-        m = fsim**3 * esim**2
-        if np.isnan(m).any():
-            # The original visits NaN matches first and stops there: a mismatch.
+        if self.zero_energy:
+            # A category with no energy left matches 0/0 = NaN; the original visits NaN
+            # matches first and stops there: a mismatch.
             if learning:
                 self._commit(x)
             return True, 0.0, 0.0
+        n = self.n
+        em = np.minimum(x, self.w[:n])
+        fsim = em.sum(axis=1) / self.norm[:n]
+        e, last = self.dim - 1, 2 * self.dim - 1
+        esim = (em[:, e] + em[:, last]) / self.energy[:n]
+        m = fsim**3 * esim**2
         best = int(np.argmax(m))
         top = float(m[best])
         a, ae = (top, float(esim[best])) if top > 0 else (0.0, 0.0)
         if not learning:
             return True, a, ae
         if top >= self.rho_ub:
-            resonant = m >= self.rho_ub
-            self.w[: self.n][resonant] = em[resonant]
-            self.last_used[: self.n][resonant] = self.clock
+            rows = np.flatnonzero(m >= self.rho_ub)
+            self._set_rows(rows, em[rows])
+            self.last_used[rows] = self.clock
             return False, a, ae
         self.last_used[best] = self.clock
         self._commit(x)
         return top < self.rho_lb, a, ae
+
+    def _set_rows(self, rows: IntArray, w: FloatArray) -> None:
+        self.w[rows] = w
+        norm = w.sum(axis=1)
+        self.norm[rows] = np.where(norm == 0, 0.001, norm)
+        energy = w[:, self.dim - 1] + w[:, 2 * self.dim - 1]
+        self.energy[rows] = energy
+        self.zero_energy = bool((self.energy[: self.n] == 0).any())
 
     def train_batch(self, features: FloatArray) -> FloatArray:
         """Present each column in turn (the first only initializes); the matches."""
@@ -172,7 +184,7 @@ class _Art:
             self.n += 1
         else:  # full: replace the least recently matched category (never the first)
             slot = 1 + int(np.argmin(self.last_used[1:]))
-        self.w[slot] = x
+        self._set_rows(np.array([slot]), x[None, :])
         self.last_used[slot] = self.clock
 
 
@@ -243,8 +255,8 @@ class _Series:
 
     def _downsample(self) -> float:
         assert self.dmin is not None and self.dmax is not None
-        block = np.asarray(self.block)
-        mean, hi, lo = float(block.mean()), float(block.max()), float(block.min())
+        block = self.block  # at most 7 samples: a sequential sum is numpy's sum here
+        mean, hi, lo = sum(block) / len(block), max(block), min(block)
         if self.dsi == 1:
             self.ds_average = mean
         self.ds_average = (self.ds_average + mean) / 2
@@ -288,7 +300,8 @@ class _Series:
         self.f_window[-1] = ds
         f = np.zeros(2 * WINDOW)
         if self.dsi >= WINDOW:
-            f = np.concatenate([_minmax(haar(_minmax(self.f_window))), self.f_window])
+            levels = self.f_window.tolist()
+            f = np.array(_minmax(haar(_minmax(levels))) + levels)
         i = self.dsi
         if i > self.trend_window:
             return self._detect(f, i)
