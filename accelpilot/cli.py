@@ -141,14 +141,36 @@ def demo(
         Path | None, typer.Option(help="Fleet scenario: a .json file or a bundled name.")
     ] = None,
     duration: Annotated[float, typer.Option(help="Seconds to run (0 = until Ctrl-C).")] = 0,
-    port: Annotated[int, typer.Option(help="Console port on 127.0.0.1.")] = 8000,
+    port: Annotated[
+        int | None, typer.Option(help="Console port (default: console.port, 8000).")
+    ] = None,
     headless: Annotated[bool, typer.Option(help="No console, terminal summary only.")] = False,
     speed: Annotated[float, typer.Option(help="Simulated ticks per wall-clock second.")] = 2.0,
+    mode: Annotated[
+        str, typer.Option(help="auto: the optimizer acts; advise: it recommends in the console.")
+    ] = "auto",
+    host: Annotated[
+        str | None,
+        typer.Option(help="Console address (default: console.host, 127.0.0.1; else tokens)."),
+    ] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Everything in one process on a simulated fleet: no external service, no GPU."""
-    from accelpilot.demo import run_demo
+    """Everything in one process on a simulated fleet, console on http://127.0.0.1:8000."""
+    from accelpilot.demo import MODES, run_demo
 
-    run_demo(scenario, duration, speed, headless, port)
+    if mode not in MODES:
+        raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
+    c = _settings(config).console
+    run_demo(
+        scenario,
+        duration,
+        speed,
+        headless,
+        port if port is not None else c.port,
+        mode=mode,  # type: ignore[arg-type]
+        host=host or c.host,
+        tokens=c.tokens.get_secret_value(),
+    )
 
 
 @app.command()

@@ -114,6 +114,14 @@ class OptimizerSettings(_Section):
     group_id: str = Field("accelpilot-optimizer", min_length=1)
 
 
+class ConsoleSettings(_Section):
+    # Loopback by default; any other address requires tokens (docs/console.md).
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8000, ge=1, le=65535)
+    # Comma-separated name:role:token entries, role viewer|operator.
+    tokens: SecretStr = SecretStr("")
+
+
 class Settings(BaseSettings):
     """The effective configuration of every accelpilot process."""
 
@@ -135,6 +143,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = AgentSettings()
     alerts: AlertsSettings = AlertsSettings()
     optimizer: OptimizerSettings = OptimizerSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @classmethod
     def settings_customise_sources(

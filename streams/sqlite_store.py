@@ -15,6 +15,7 @@ from typing import Any
 from accelpilot.schemas import codec
 from accelpilot.schemas.action_results import ActionResult
 from accelpilot.schemas.actions import Action
+from accelpilot.schemas.aggregates import Aggregate
 from accelpilot.schemas.dlq import DeadLetter
 from accelpilot.schemas.metrics import METRICS
 from accelpilot.schemas.samples import HostSample
@@ -43,6 +44,11 @@ CREATE TABLE IF NOT EXISTS action_result (
 CREATE TABLE IF NOT EXISTS event (
     id TEXT PRIMARY KEY, topic TEXT, ts_ns INTEGER, host TEXT, device TEXT, payload BLOB
 );
+CREATE TABLE IF NOT EXISTS aggregate (
+    scope TEXT NOT NULL, key TEXT NOT NULL, window_s REAL NOT NULL,
+    window_start_ns INTEGER NOT NULL, host TEXT, sample_count INTEGER, gap_count INTEGER,
+    energy_j REAL, payload BLOB, PRIMARY KEY (scope, key, window_s, window_start_ns)
+) WITHOUT ROWID;
 """
 
 
@@ -134,6 +140,28 @@ class SqliteStore:
                     for r in results
                 ],
             )
+
+    def write_aggregates(self, aggregates: Sequence[Aggregate]) -> int:
+        """One row per (scope, key, window); the statistics are the encoded payload."""
+        rows = [
+            (
+                a.scope,
+                a.key,
+                a.window_s,
+                a.window_start_ns,
+                a.host_id,
+                a.sample_count,
+                a.gap_count,
+                a.energy_j,
+                codec.encode(a),
+            )
+            for a in aggregates
+        ]
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO aggregate VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        return len(rows)
 
     def write_event(
         self, event_id: str, topic: str, ts_ns: int, host: str, device: str | None, payload: bytes

@@ -1,0 +1,379 @@
+// The operator's console: polls the JSON API (/docs) and draws with charts.js. No framework.
+"use strict";
+
+const S = window.consoleState = {
+  token: localStorage.getItem("accelpilot-token") || new URLSearchParams(location.search).get("token") || "",
+  inventory: null, status: null, live: null, selected: null, history: null, score: null,
+  recs: null, streams: null, hosts: {}, lastEditMs: 0, polls: 0, errors: 0,
+};
+const $ = id => document.getElementById(id);
+const HISTORY_S = 180;
+
+function esc(s) {
+  return String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+function fmt(v, digits = 0, unit = "") {
+  return v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(digits) + unit;
+}
+function fmtBytes(b) {
+  if (b === null || b === undefined) return "not reported";
+  return (b / 2 ** 30).toFixed(0) + " GiB";
+}
+function ago(tsNs) {
+  const d = new Date(tsNs / 1e6);
+  return d.toLocaleTimeString([], { hour12: false });
+}
+
+function toast(msg, bad) {
+  const t = $("toast");
+  t.textContent = msg;
+  t.className = "toast " + (bad ? "bad" : "good");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => t.className = "toast hidden", 5000);
+}
+
+async function api(path, body) {
+  const opts = { headers: {} };
+  if (S.token) opts.headers.Authorization = "Bearer " + S.token;
+  if (body !== undefined) {
+    opts.method = "POST";
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, opts);
+  if (r.status === 401) $("token-bar").classList.remove("hidden");
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const err = new Error(typeof data.detail === "string" ? data.detail : `${r.status}`);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+async function act(path, body, what) {
+  S.lastEditMs = Date.now();
+  try {
+    const r = await api(path, body);
+    const o = r.outcomes ? Object.entries(r.outcomes).map(([k, v]) => `${v} ${k}`).join(", ") : "done";
+    toast(`${what}: ${o}`);
+    await pollFast();
+    pollSlow();
+    return r;
+  } catch (e) {
+    toast(`${what} refused: ${e.message}`, true);
+    return null;
+  }
+}
+
+// -- inventory ---------------------------------------------------------------------------------
+function buildInventory() {
+  const tb = $("inventory").querySelector("tbody");
+  tb.innerHTML = "";
+  for (const d of S.inventory.devices) {
+    const pl = d.capabilities.power_limits;
+    const tr = document.createElement("tr");
+    tr.dataset.device = d.device_id;
+    tr.innerHTML = `<td class="id">${esc(d.device_id)}</td><td>${esc(d.kind)}</td>
+      <td>${esc(d.vendor)} ${esc(d.model)}</td><td>${fmtBytes(d.memory_total_bytes)}</td>
+      <td>${pl ? `${pl.min_w}–${pl.max_w} W` : "–"}</td>
+      <td class="num p">–</td><td class="num c">–</td><td class="num t">–</td><td class="num u">–</td>
+      <td class="num r">–</td><td class="flags"></td>`;
+    tr.addEventListener("click", () => select(d.device_id));
+    tb.appendChild(tr);
+  }
+  $("inv-count").textContent = `${S.inventory.devices.length} accelerators on ${S.inventory.hosts.length} hosts`;
+  const g = $("group-select");
+  g.innerHTML = S.inventory.hosts.map(h => `<option value="host:${esc(h)}">host ${esc(h)}</option>`).join("");
+}
+
+function renderLive() {
+  const rows = $("inventory").querySelectorAll("tbody tr");
+  for (const tr of rows) {
+    const v = S.live.devices[tr.dataset.device];
+    if (!v) continue;
+    tr.querySelector(".p").textContent = v.reporting ? fmt(v.power_w) : "silent";
+    tr.querySelector(".c").textContent = fmt(v.commanded_cap_w);
+    tr.querySelector(".t").textContent = fmt(v.temp_c, 1);
+    tr.querySelector(".u").textContent = fmt(v.util_compute_pct);
+    const r = tr.querySelector(".r");
+    r.textContent = v.risk ? v.risk.toFixed(2) : "0";
+    r.className = "num r" + (v.risk >= 0.5 ? " hot" : v.risk >= 0.2 ? " warm" : "");
+    tr.querySelector(".flags").innerHTML =
+      (v.pinned ? '<span class="chip op">operator</span>' : "") +
+      (v.parked ? '<span class="chip">parked</span>' : "") +
+      (!v.reporting ? '<span class="chip crit">silent</span>' : "");
+    tr.classList.toggle("silent", !v.reporting);
+    tr.classList.toggle("selected", tr.dataset.device === S.selected);
+  }
+  const sel = S.live.devices[S.selected];
+  if (sel) {
+    const slider = $("cap-slider");
+    slider.min = sel.min_cap_w;
+    slider.max = sel.tdp_w;
+    if (document.activeElement !== slider && Date.now() - S.lastEditMs > 2500) {
+      slider.value = sel.commanded_cap_w;
+      $("cap-value").textContent = `${fmt(sel.commanded_cap_w)} W`;
+    }
+    $("sel-caps").textContent = `cap ${fmt(sel.commanded_cap_w)} W in [${sel.min_cap_w}, ${sel.tdp_w}] W` +
+      (sel.pinned ? " · set by operator" : " · optimizer's");
+  }
+}
+
+function select(deviceId) {
+  S.selected = deviceId;
+  S.lastEditMs = 0;
+  $("sel-device").textContent = deviceId;
+  $("cap-device-name").textContent = deviceId;
+  if (S.live) renderLive();
+  pollFast();
+}
+
+// -- charts ------------------------------------------------------------------------------------
+function renderDeviceCharts() {
+  const h = S.history;
+  if (!h) return;
+  lineChart($("chart-power"), h.ts_ns, [
+    { values: h.cap_w, cls: "c", label: "cap" },
+    { values: h.power_w, cls: "p", label: "power" },
+  ], { floor: 0 });
+  lineChart($("chart-temp"), h.ts_ns, [{ values: h.temp_c, cls: "t", label: "temp" }]);
+  lineChart($("chart-util"), h.ts_ns, [{ values: h.util_compute_pct, cls: "u", label: "util" }], { min: 0, max: 100 });
+  lineChart($("chart-mem"), h.ts_ns, [{ values: h.mem_used_bytes, cls: "m", label: "mem" }],
+    { emptyText: "memory not reported by this backend" });
+}
+
+function renderHosts() {
+  const grid = $("host-charts");
+  for (const [host, h] of Object.entries(S.hosts)) {
+    let fig = grid.querySelector(`[data-host="${host}"]`);
+    if (!fig) {
+      fig = document.createElement("figure");
+      fig.dataset.host = host;
+      fig.innerHTML = `<figcaption>${esc(host)} <b class="hp"></b></figcaption>
+        <svg class="chart small pw"></svg><svg class="chart small tp"></svg>`;
+      grid.appendChild(fig);
+    }
+    const lastP = [...h.power_w].reverse().find(v => v !== null);
+    fig.querySelector(".hp").textContent = lastP !== undefined ? `${lastP.toFixed(0)} W` : "";
+    lineChart(fig.querySelector(".pw"), h.ts_ns, [
+      { values: h.cap_w, cls: "c", label: "cap" }, { values: h.power_w, cls: "p", label: "power" }], { floor: 0 });
+    lineChart(fig.querySelector(".tp"), h.ts_ns, [{ values: h.temp_c, cls: "t", label: "temp" }]);
+  }
+}
+
+// -- status, mode, score ---------------------------------------------------------------------
+function renderStatus() {
+  const s = S.status;
+  $("h-scenario").textContent = s.scenario;
+  $("h-tick").textContent = s.tick;
+  $("h-power").textContent = fmt(s.fleet_power_w, 0, " W");
+  $("h-caps").textContent = fmt(s.fleet_caps_w, 0, " W");
+  $("h-budget").textContent = s.budget_w ? fmt(s.budget_w, 0, " W") : "none";
+  $("h-alerts").textContent = s.alerts_firing;
+  $("h-alerts").parentElement.classList.toggle("alarm", s.alerts_firing > 0);
+  for (const m of ["auto", "advise"]) $("mode-" + m).classList.toggle("on", s.mode === m);
+  const b = $("budget-slider");
+  b.min = Math.ceil(s.fleet_min_cap_w / 100) * 100;
+  b.max = s.fleet_tdp_w;
+  if (document.activeElement !== b && Date.now() - S.lastEditMs > 2500) {
+    b.value = s.budget_w ?? s.fleet_tdp_w;
+    $("budget-value").textContent = s.budget_w ? `${fmt(s.budget_w)} W` : "none";
+  }
+}
+
+function renderScore() {
+  const s = S.score;
+  $("h-points").textContent = s.points;
+  $("s-points").textContent = s.points;
+  $("s-saved").textContent = `${(s.saved_kwh).toFixed(3)} kWh · ${(100 * s.saved_fraction).toFixed(1)}%`;
+  $("s-jpu").textContent = fmt(s.j_per_unit, 3);
+  $("s-jpu-base").textContent = fmt(s.baseline_j_per_unit, 3);
+  $("s-streak").textContent = `${s.streak_s.toFixed(0)} s`;
+  $("s-best").textContent = `${s.best_streak_s.toFixed(0)} s`;
+  const v = s.slo_violated_streams;
+  $("s-slo").textContent = v.length ? `missed: ${v.join(", ")}` : "held";
+  $("s-slo").className = v.length ? "bad" : "good";
+  $("badges").innerHTML = s.badges.map(b =>
+    `<span class="badge ${b.earned ? "earned" : ""}" title="${esc(b.description)}" data-badge="${esc(b.id)}">
+      ${b.earned ? "★" : "☆"} ${esc(b.title)}</span>`).join("");
+}
+
+// -- recommendations -------------------------------------------------------------------------
+function recText(r) {
+  if (r.kind === "set_power_cap") return `cap <b>${esc(r.device_id)}</b> at ${fmt(r.cap_w)} W`;
+  if (r.kind === "park" || r.kind === "wake") return `${r.kind} <b>${esc(r.device_id)}</b>`;
+  const w = Object.entries(r.weights || {}).map(([d, x]) => `${d.split("/")[1]} ${(100 * x).toFixed(0)}%`).join(", ");
+  return `spread <b>${esc(r.stream_id)}</b> on ${esc(r.host_id)}: ${esc(w)}`;
+}
+
+function renderRecs() {
+  const r = S.recs;
+  const ul = $("recs");
+  if (r.mode !== "advise") {
+    $("recs-summary").textContent = "";
+    ul.innerHTML = `<li class="muted">The optimizer is in <b>auto</b> mode and applies its decisions itself.
+      Switch to <b>advise</b> (top right) to review them here first.</li>`;
+    return;
+  }
+  $("recs-summary").textContent =
+    `${r.recommendations.length} open · expected ${fmt(r.expected_savings_w)} W · accepted ${r.accepted_total} · dismissed ${r.dismissed_total}`;
+  if (!r.recommendations.length) { ul.innerHTML = '<li class="muted">nothing to recommend right now</li>'; return; }
+  ul.innerHTML = r.recommendations.slice(0, 40).map(x => `
+    <li class="rec" data-rec="${esc(x.id)}">
+      <div>${recText(x)}<br><small>${x.expected_savings_w === null ? "savings: unknown" :
+        `saves ~${fmt(x.expected_savings_w)} W`} · ${esc(x.basis)}</small></div>
+      <div class="btns"><button class="accept" data-rec="${esc(x.id)}">accept</button>
+      <button class="ghost dismiss" data-rec="${esc(x.id)}">dismiss</button></div>
+    </li>`).join("");
+}
+
+// -- alerts, risk, audit -----------------------------------------------------------------------
+function renderAlerts(alerts, anomalies) {
+  const items = alerts.map(a => {
+    const ev = Object.entries(a.evidence || {}).slice(0, 4).map(([k, v]) => `${k}=${Number(v).toPrecision(3)}`).join(" ");
+    return `<li class="alert ${a.state} ${a.severity}"><span class="chip ${a.severity === "critical" ? "crit" : "warn"}">${esc(a.severity)}</span>
+      <b>${esc(a.kind)}</b> ${esc(a.device_id || a.host_id)} <small class="state">${esc(a.state)} · ${ago(a.ts_ns)}</small>
+      <div class="reason">${esc(a.reason)}</div><div class="evidence">${esc(ev)}</div></li>`;
+  });
+  const an = anomalies.slice(0, 5).map(a =>
+    `<li class="alert anomaly"><span class="chip">score ${a.score.toFixed(2)}</span> <b>${esc(a.detector)}</b>
+      ${esc(a.device_id)} <small>${esc(a.metric || "")} · ${ago(a.ts_ns)}</small></li>`);
+  $("alerts").innerHTML = items.concat(an).join("") || '<li class="muted">all quiet</li>';
+}
+
+function renderRisk(ranking) {
+  const risky = ranking.filter(r => r.risk > 0.005);
+  $("risk").innerHTML = (risky.length ? "" : '<li class="muted">no device at risk</li>') + risky.map(r => `<li><span class="id">${esc(r.device_id)}</span>
+    <span class="bar"><i style="width:${(100 * r.risk).toFixed(0)}%"></i></span> ${r.risk.toFixed(2)}
+    <small>${esc(Object.keys(r.rules).join(", ") || "no rule firing")}</small></li>`).join("");
+}
+
+function renderAudit(audit) {
+  const rows = audit.actions.map(a => {
+    const res = a.results;
+    const outs = {};
+    for (const r of res) outs[r.outcome] = (outs[r.outcome] || 0) + 1;
+    const outcome = Object.entries(outs).map(([k, v]) => `<span class="chip ${k === "applied" ? "ok" : k === "rejected" || k === "failed" ? "crit" : ""}">${k}${v > 1 ? " ×" + v : ""}</span>`).join("") || "pending";
+    const value = a.cap_w !== null && a.cap_w !== undefined ? `${a.cap_w.toFixed(0)} W` : a.weights ? "weights" : "";
+    const who = a.issuer.startsWith("operator:") ? "op" : "opt";
+    return `<tr><td>${ago(a.ts_ns)}</td><td class="${who}">${esc(a.issuer)}</td><td>${esc(a.mode)}</td><td>${esc(a.kind)}</td>
+      <td>${esc(a.device_id || a.stream_id || a.host_id)}</td><td>${value}</td><td>${outcome}</td>
+      <td class="reason">${esc(a.reason)}${a.signed ? ' <span class="chip">signed</span>' : ""}</td></tr>`;
+  });
+  const evs = audit.events.slice(0, 10).map(e => `<tr class="event"><td>${ago(e.ts_ns)}</td><td class="op">operator:${esc(e.who)}</td>
+    <td>console</td><td>${esc(e.what)}</td><td colspan="4">${esc(e.detail)}</td></tr>`);
+  $("audit").querySelector("tbody").innerHTML = evs.concat(rows).join("");
+}
+
+function renderStreams() {
+  const sel = $("stream-select");
+  if (!sel.options.length) {
+    sel.innerHTML = S.streams.map(s => `<option>${esc(s.stream_id)}</option>`).join("");
+    const g = $("group-select");
+    g.innerHTML += S.streams.map(s => `<option value="stream:${esc(s.stream_id)}">stream ${esc(s.stream_id)}</option>`).join("");
+  }
+  if (Date.now() - S.lastEditMs < 4000 && $("weights").children.length) return;
+  const st = S.streams.find(s => s.stream_id === sel.value) || S.streams[0];
+  $("weights").innerHTML = Object.entries(st.weights).map(([d, w]) => `<label class="w">${esc(d)}
+    <input type="range" min="0" max="100" step="1" value="${(100 * w).toFixed(0)}" data-device="${esc(d)}">
+    <output>${(100 * w).toFixed(0)}%</output></label>`).join("") +
+    (st.pinned ? '<p class="muted">set by the operator</p>' : "");
+}
+
+// -- polling -----------------------------------------------------------------------------------
+async function pollFast() {
+  try {
+    if (!S.inventory) { S.inventory = await api("/api/inventory"); buildInventory(); select(S.inventory.devices[0].device_id); }
+    const sel = S.selected;
+    const [status, live, hist, score, recs] = await Promise.all([
+      api("/api/status"), api("/api/live"),
+      api(`/api/history/device?device_id=${encodeURIComponent(sel)}&seconds=${HISTORY_S}`),
+      api("/api/score"), api("/api/recommendations"),
+    ]);
+    Object.assign(S, { status, live, score, recs });
+    if (hist.device_id === S.selected) S.history = hist;
+    renderStatus(); renderLive(); renderDeviceCharts(); renderScore(); renderRecs();
+    S.polls += 1;
+    $("conn").textContent = "live";
+    $("conn").className = "conn ok";
+  } catch (e) {
+    S.errors += 1;
+    $("conn").textContent = e.status === 401 ? "token needed" : "offline";
+    $("conn").className = "conn bad";
+  }
+}
+
+async function pollSlow() {
+  try {
+    const hosts = S.inventory ? S.inventory.hosts : [];
+    const [alerts, anomalies, risk, audit, streams, ...hh] = await Promise.all([
+      api("/api/alerts?limit=30"), api("/api/anomalies?limit=10"), api("/api/risk?limit=8"),
+      api("/api/audit?limit=60"), api("/api/streams"),
+      ...hosts.map(h => api(`/api/history/host?host_id=${encodeURIComponent(h)}&seconds=${HISTORY_S}`)),
+    ]);
+    hosts.forEach((h, i) => S.hosts[h] = hh[i]);
+    S.streams = streams.streams;
+    renderAlerts(alerts.alerts, anomalies.anomalies); renderRisk(risk.ranking); renderAudit(audit);
+    renderStreams(); renderHosts();
+  } catch (e) { S.errors += 1; }
+}
+
+// -- controls ----------------------------------------------------------------------------------
+function wire() {
+  const cap = $("cap-slider");
+  cap.addEventListener("input", () => { S.lastEditMs = Date.now(); $("cap-value").textContent = `${cap.value} W`; });
+  cap.addEventListener("change", () => act("/api/actions/power-cap",
+    { device_ids: [S.selected], cap_w: Number(cap.value) }, `cap ${S.selected} ${cap.value} W`));
+  $("release-device").addEventListener("click", () => act("/api/actions/release",
+    { device_ids: [S.selected] }, `${S.selected} back to the optimizer`));
+
+  const g = $("group-slider");
+  g.addEventListener("input", () => { $("group-value").textContent = `${g.value}% of TDP`; });
+  g.addEventListener("change", () => {
+    const [kind, id] = $("group-select").value.split(/:(.*)/s);
+    const body = { fraction_of_tdp: Number(g.value) / 100 };
+    body[kind === "host" ? "host_id" : "stream_id"] = id;
+    act("/api/actions/power-cap", body, `cap ${kind} ${id} at ${g.value}% of TDP`);
+  });
+
+  const b = $("budget-slider");
+  b.addEventListener("input", () => { S.lastEditMs = Date.now(); $("budget-value").textContent = `${b.value} W`; });
+  b.addEventListener("change", () => act("/api/actions/fleet-budget", { budget_w: Number(b.value) }, `fleet budget ${b.value} W`));
+  $("budget-clear").addEventListener("click", () => act("/api/actions/fleet-budget", { budget_w: null }, "budget removed"));
+
+  $("stream-select").addEventListener("change", () => { S.lastEditMs = 0; renderStreams(); });
+  $("weights").addEventListener("input", e => {
+    S.lastEditMs = Date.now();
+    const inputs = [...$("weights").querySelectorAll("input")];
+    const total = inputs.reduce((a, i) => a + Number(i.value), 0) || 1;
+    for (const i of inputs) i.nextElementSibling.textContent = `${(100 * Number(i.value) / total).toFixed(0)}%`;
+  });
+  $("weights-apply").addEventListener("click", () => {
+    const weights = {};
+    for (const i of $("weights").querySelectorAll("input")) weights[i.dataset.device] = Number(i.value);
+    act("/api/actions/load-weights", { stream_id: $("stream-select").value, weights }, `load of ${$("stream-select").value}`);
+  });
+  $("stream-release").addEventListener("click", () => act("/api/actions/release",
+    { stream_id: $("stream-select").value }, `${$("stream-select").value} back to the optimizer`));
+
+  $("recs").addEventListener("click", e => {
+    const id = e.target.dataset.rec;
+    if (!id) return;
+    if (e.target.classList.contains("accept")) act(`/api/recommendations/${id}/accept`, {}, "accepted");
+    else if (e.target.classList.contains("dismiss")) act(`/api/recommendations/${id}/dismiss`, {}, "dismissed");
+  });
+  for (const m of ["auto", "advise"]) $("mode-" + m).addEventListener("click", () => act("/api/mode", { mode: m }, `mode ${m}`));
+  $("token-save").addEventListener("click", () => {
+    S.token = $("token-input").value.trim();
+    localStorage.setItem("accelpilot-token", S.token);
+    $("token-bar").classList.add("hidden");
+    S.inventory = null;
+    pollFast(); pollSlow();
+  });
+}
+
+wire();
+pollFast().then(pollSlow);
+setInterval(pollFast, 1000);
+setInterval(pollSlow, 3000);
