@@ -13,8 +13,16 @@ import pytest
 from accelpilot.config import Settings, load_settings
 from accelpilot.config import write_toml as write_config  # noqa: F401 - used by service tests
 from accelpilot.schemas.topics import ALL_TOPICS
+from tests.reaper import close_watchdog
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reap_stray_processes() -> Iterator[None]:
+    """Kill the process groups that tests registered (tests/reaper.py) when the session ends."""
+    yield
+    close_watchdog()
 
 
 @pytest.fixture(scope="session")

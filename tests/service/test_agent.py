@@ -20,6 +20,7 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, SAMPLES
 from accelpilot.signing import Signer, generate_keypair
 from tests.conftest import write_config
+from tests.reaper import reaped
 from tests.service.kafka_io import consume
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -39,27 +40,29 @@ def test_agent_publishes_and_applies_only_verified_actions(
         ACCELPILOT_AGENT__PUBLIC_KEYS=str(tmp_path / "keys"),
         ACCELPILOT_AGENT__METRICS_PORT="0",
     )
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "accelpilot.cli",
-            "agent",
-            "--config",
-            str(config),
-            "-b",
-            "sim",
-            "--scenario",
-            "demo-fleet",
-            "--interval",
-            "0.2",
-            "-l",
-            "warning",
-        ],
-        env=env,
-        stdout=(tmp_path / "agent.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    agent = reaped(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "accelpilot.cli",
+                "agent",
+                "--config",
+                str(config),
+                "-b",
+                "sim",
+                "--scenario",
+                "demo-fleet",
+                "--interval",
+                "0.2",
+                "-l",
+                "warning",
+            ],
+            env=env,
+            stdout=(tmp_path / "agent.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     )
     try:
         time.sleep(6)  # discovery + the action consumer joining its group

@@ -20,6 +20,7 @@ from accelpilot.schemas import DeadLetter, codec
 from accelpilot.schemas.topics import DLQ, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from tests.conftest import write_config
+from tests.reaper import reaped
 from tests.service.kafka_io import consume
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -53,21 +54,23 @@ def _start_worker(settings: Settings, tmp_path: Path) -> subprocess.Popen[bytes]
     config = write_config(settings, tmp_path / "worker.toml")
     log = (tmp_path / "worker.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELPILOT_")}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "accelpilot.cli",
-            "worker",
-            "--config",
-            str(config),
-            "-l",
-            "warning",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
+    return reaped(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "accelpilot.cli",
+                "worker",
+                "--config",
+                str(config),
+                "-l",
+                "warning",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     )
 
 

@@ -24,6 +24,7 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, SAMPLES
 from accelpilot.signing import generate_keypair
 from tests.conftest import write_config
+from tests.reaper import reaped
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -39,12 +40,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "accelpilot.cli", *args],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    return reaped(
+        subprocess.Popen(
+            [sys.executable, "-m", "accelpilot.cli", *args],
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     )
 
 
