@@ -31,7 +31,7 @@ from accelpilot.streams.acks import AckGate
 from accelpilot.streams.aggregate_lines import aggregate_lines
 from accelpilot.streams.aggregates import WindowAggregator
 from accelpilot.streams.alerting import DeviceMonitor
-from accelpilot.streams.dead_letters import dead_letter
+from accelpilot.streams.dead_letters import dead_letter, send_rejected_lines
 from accelpilot.streams.event_lines import alert_lines, anomaly_lines
 from accelpilot.streams.influx_lines import sample_lines
 from accelpilot.streams.influx_sink import InfluxSink
@@ -80,7 +80,10 @@ def make_app(settings: Settings) -> faust.App:
     anomalies_topic = raw_topic(ANOMALIES)
     alerts_topic = raw_topic(ALERTS)
     monitor = DeviceMonitor()
-    sink = InfluxSink(settings.influx)
+    # Lines InfluxDB refuses (e.g. a field-type conflict) are dead-lettered, not retried.
+    sink = InfluxSink(
+        settings.influx, on_rejected=send_rejected_lines(dlq_topic, settings.topic(SAMPLES))
+    )
     max_future_ns = int(w.max_future_skew_s * 1e9)
     aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
     gate = AckGate(aggregators)

@@ -12,9 +12,9 @@ import pytest
 
 from accelpilot.collectors.publisher import KafkaPublisher
 from accelpilot.collectors.synthetic import synthetic_samples
-from accelpilot.config import Settings, load_settings
+from accelpilot.config import Settings
 from accelpilot.schemas.topics import SAMPLES
-from accelpilot.stack.influxdb import InfluxServer
+from tests.service.influx_private import private_influx, start
 from tests.service.test_first_slice import _count_points, _start_worker
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -37,37 +37,26 @@ def test_worker_stopped_while_influxdb_is_down_loses_nothing(
     service_settings: Settings, tmp_path: Path, sig: int
 ) -> None:
     # A private InfluxDB for this test, so stopping it does not disturb anyone else.
-    settings = load_settings(
-        kafka=service_settings.kafka.model_dump(),
-        worker=service_settings.worker.model_dump(),
-        influx={"url": "http://127.0.0.1:18186", "database": "restarts"},
-        stack={"run_dir": str(tmp_path / "run"), "influx_port": 18186, "influx_rpc_port": 18188},
-    )
-    influx = InfluxServer(settings)
-    influx.start()
-    influx.wait_ready()
-    influx.create_database()
-    worker = _start_worker(settings, tmp_path)
-    try:
-        start_ns = (time.time_ns() - 200 * 10**9) // 10**9 * 10**9
-        ticks = list(synthetic_samples("node-r", n_devices=4, n_ticks=120, start_ns=start_ns))
-        with KafkaPublisher(settings.kafka.bootstrap_servers, settings.topic(SAMPLES)) as pub:
-            for s in ticks[:60]:
-                pub.send(s.host_id, s)
-        assert _wait_points(settings, 60 * 4, 90) == 60 * 4
-
-        influx.stop()
-        with KafkaPublisher(settings.kafka.bootstrap_servers, settings.topic(SAMPLES)) as pub:
-            for s in ticks[60:]:
-                pub.send(s.host_id, s)
-        time.sleep(3)  # the worker has the batch and is retrying the write
-        _stop(worker, sig)
-
-        influx.start()
-        influx.wait_ready()
+    with private_influx(service_settings, tmp_path / "run", "restarts") as (settings, influx):
         worker = _start_worker(settings, tmp_path)
-        assert _wait_points(settings, 120 * 4, 120) == 120 * 4
-    finally:
-        if worker.poll() is None:
-            _stop(worker, signal.SIGKILL)
-        influx.stop()
+        try:
+            start_ns = (time.time_ns() - 200 * 10**9) // 10**9 * 10**9
+            ticks = list(synthetic_samples("node-r", n_devices=4, n_ticks=120, start_ns=start_ns))
+            with KafkaPublisher(settings.kafka.bootstrap_servers, settings.topic(SAMPLES)) as pub:
+                for s in ticks[:60]:
+                    pub.send(s.host_id, s)
+            assert _wait_points(settings, 60 * 4, 90) == 60 * 4
+
+            influx.stop()
+            with KafkaPublisher(settings.kafka.bootstrap_servers, settings.topic(SAMPLES)) as pub:
+                for s in ticks[60:]:
+                    pub.send(s.host_id, s)
+            time.sleep(3)  # the worker has the batch and is retrying the write
+            _stop(worker, sig)
+
+            start(influx)
+            worker = _start_worker(settings, tmp_path)
+            assert _wait_points(settings, 120 * 4, 120) == 120 * 4
+        finally:
+            if worker.poll() is None:
+                _stop(worker, signal.SIGKILL)
