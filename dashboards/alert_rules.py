@@ -40,6 +40,12 @@ class Rule:
     no_data: str = "OK"
     dashboard_uid: str = UID_ANOMALIES
 
+    @property
+    def kind(self) -> str:
+        """The ``kind`` label (``accelpilot-failure-risk`` -> ``failure_risk``): the alert
+        service maps Grafana's notifications to ``fleet.alerts`` kinds with it."""
+        return self.uid.removeprefix("accelpilot-").replace("-", "_")
+
     def data(self, datasource_uid: str) -> list[dict[str, Any]]:
         a = {
             "refId": "A",
@@ -106,7 +112,7 @@ class Rule:
                 "summary": self.summary,
                 "__dashboardUid__": self.dashboard_uid,
             },
-            "labels": {"severity": self.severity, "team": "accelpilot"},
+            "labels": {"severity": self.severity, "team": "accelpilot", "kind": self.kind},
             "isPaused": False,
         }
 
@@ -212,14 +218,22 @@ def api_rules(
     ]
 
 
-def contact_points(webhook_url: str, email: str | None = None) -> list[dict[str, Any]]:
-    """Receivers: the alert service's webhook, and e-mail when an address is given."""
+def contact_points(
+    webhook_url: str, email: str | None = None, webhook_token: str | None = None
+) -> list[dict[str, Any]]:
+    """Receivers: the alert service's webhook (``accelpilot alerts serve`` listens on
+    ``http://127.0.0.1:9095/grafana`` by default), and e-mail when an address is given.
+    ``webhook_token``: sent as ``Authorization: Bearer <token>`` (a secure field in Grafana)."""
+    settings: dict[str, Any] = {"url": webhook_url, "httpMethod": "POST"}
+    if webhook_token:
+        settings["authorization_scheme"] = "Bearer"
+        settings["authorization_credentials"] = webhook_token
     points = [
         {
             "uid": WEBHOOK_UID,
             "name": "accelpilot-alert-service",
             "type": "webhook",
-            "settings": {"url": webhook_url, "httpMethod": "POST"},
+            "settings": settings,
             "disableResolveMessage": False,
         }
     ]
@@ -257,8 +271,11 @@ def policy_tree(email: str | None = None) -> dict[str, Any]:
     }
 
 
-def contact_points_file(webhook_url: str, email: str | None = None) -> dict[str, Any]:
-    """The ``alerting/contact-points.yaml`` provisioning document."""
+def contact_points_file(
+    webhook_url: str, email: str | None = None, webhook_token: str | None = None
+) -> dict[str, Any]:
+    """The ``alerting/contact-points.yaml`` provisioning document (pass ``webhook_token`` as
+    ``"${ENV_VAR}"``: Grafana expands environment variables in provisioning files)."""
     return {
         "apiVersion": 1,
         "contactPoints": [
@@ -267,7 +284,7 @@ def contact_points_file(webhook_url: str, email: str | None = None) -> dict[str,
                 "name": cp["name"],
                 "receivers": [{k: v for k, v in cp.items() if k != "name"}],
             }
-            for cp in contact_points(webhook_url, email)
+            for cp in contact_points(webhook_url, email, webhook_token)
         ],
     }
 

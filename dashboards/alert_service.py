@@ -7,6 +7,10 @@ consumer offsets committed. A crash in between replays the batch; the notifier's
 not decode is logged, counted and skipped (nothing could deliver it); with ``dlq_topic`` it is
 also published there as a ``telemetry.dlq`` record.
 
+With ``grafana_listen`` it also receives Grafana's unified-alerting webhook notifications over
+HTTP (:mod:`accelpilot.dashboards.grafana_webhook`) and queues them into the same store, so they
+take the same way to the subscriptions: filters, grouping, rate limits, retries, dead letters.
+
 One service per store file. Stop it with ``stop.set()`` or SIGTERM/SIGINT (main thread only).
 """
 
@@ -22,9 +26,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from accelpilot.dashboards.grafana_webhook import GrafanaWebhookServer
 from accelpilot.dashboards.notify import (
     HttpPost,
     Notifier,
+    OfferReport,
     RetryPolicy,
     SmtpFactory,
     smtp_connect,
@@ -52,6 +58,10 @@ class AlertServiceStats:
     failed_attempts: int = 0  # sends that failed and will be retried
     dead: int = 0  # messages given up on (dead letters)
     rate_limited: int = 0  # sends held back by a rate limit
+    grafana_alerts: int = 0  # alerts received from Grafana's webhook
+    grafana_queued: int = 0  # (Grafana alert, subscription) pairs queued for delivery
+    grafana_rejected: int = 0  # webhook requests refused as not Grafana's shape
+    grafana_url: str = ""  # where Grafana's webhook is received ("" = not listening)
 
 
 def run_alert_service(
@@ -74,12 +84,16 @@ def run_alert_service(
     stats: AlertServiceStats | None = None,
     install_signal_handlers: bool | None = None,
     client_id: str = "accelpilot-alerts",
+    grafana_listen: tuple[str, int] | None = None,
+    grafana_path: str = "/grafana",
+    grafana_token: str | None = None,
 ) -> AlertServiceStats:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); return the totals.
 
     ``from_beginning``: where a consumer group with no committed offset starts (the oldest
     retained alert, or only new ones). ``install_signal_handlers`` defaults to "when called on
-    the main thread".
+    the main thread". ``grafana_listen``: ``(host, port)`` of the Grafana webhook endpoint
+    (port 0: any free port; ``stats.grafana_url`` says which), ``None`` for none.
     """
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.errors import CommitFailedError, KafkaError
@@ -122,7 +136,12 @@ def run_alert_service(
             f"cannot reach Kafka at {bootstrap}: {e}; is the broker up (`accelpilot stack status`)?"
         ) from e
     log.info("alert service: %s -> %s (group %s)", topic, store.path, group_id)
+    grafana = None
     try:
+        if grafana_listen is not None:
+            grafana = _start_grafana_receiver(
+                store.path, grafana_listen, grafana_path, grafana_token, clock, stats
+            )
         while not stop.is_set():
             due = notifier.next_due_ts()
             wait_s = poll_max_s if due is None else min(poll_max_s, max(0.0, due - clock()))
@@ -145,6 +164,8 @@ def run_alert_service(
             stats.dead += pumped.dead
             stats.rate_limited += pumped.rate_limited
     finally:
+        if grafana is not None:
+            grafana.stop()
         consumer.close()
         if producer is not None:
             producer.close()
@@ -153,6 +174,30 @@ def run_alert_service(
             signal.signal(sig, handler)
     log.info("alert service stopped: %s", stats)
     return stats
+
+
+def _start_grafana_receiver(
+    store_path: Path,
+    listen: tuple[str, int],
+    path: str,
+    token: str | None,
+    clock: Callable[[], float],
+    stats: AlertServiceStats,
+) -> GrafanaWebhookServer:
+    def count(received: int, report: OfferReport | None) -> None:
+        if report is None:
+            stats.grafana_rejected += 1
+            return
+        # Counted apart from the consumer's totals: this runs on the receiver's own thread.
+        stats.grafana_alerts += received
+        stats.grafana_queued += report.queued
+
+    server = GrafanaWebhookServer(
+        store_path, listen[0], listen[1], path=path, token=token, clock=clock, on_offer=count
+    )
+    server.start()
+    stats.grafana_url = server.url
+    return server
 
 
 def _decode_batch(

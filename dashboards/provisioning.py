@@ -32,6 +32,8 @@ from accelpilot.dashboards.catalog import (
 )
 
 DATASOURCE_NAME = "accelpilot InfluxDB"
+#: Where ``accelpilot alerts serve`` receives Grafana's webhook notifications by default.
+DEFAULT_WEBHOOK_URL = "http://127.0.0.1:9095/grafana"
 
 
 def datasource(influx_url: str, database: str, datasource_uid: str = DATASOURCE_UID) -> dict:  # type: ignore[type-arg]
@@ -58,11 +60,14 @@ def export(
     *,
     influx_url: str,
     database: str,
-    webhook_url: str = "http://127.0.0.1:9095/grafana",
+    webhook_url: str = DEFAULT_WEBHOOK_URL,
     email: str | None = None,
     datasource_uid: str = DATASOURCE_UID,
+    webhook_token_env: str | None = None,
 ) -> list[Path]:
-    """Write the provisioning layout; returns the files written."""
+    """Write the provisioning layout; returns the files written. ``webhook_token_env``: the
+    contact point's bearer token is written as ``${NAME}`` (Grafana expands it when it reads
+    the file), never in clear."""
     out_dir = Path(out_dir)
     written: list[Path] = []
 
@@ -109,7 +114,11 @@ def export(
     for d in all_dashboards(datasource_uid):
         put(f"dashboards/json/{d.uid}.json", d.to_json())
     put("alerting/rules.yaml", alert_rules.rule_groups(datasource_uid, FOLDER_TITLE))
-    put("alerting/contact-points.yaml", alert_rules.contact_points_file(webhook_url, email))
+    token_ref = f"${{{webhook_token_env}}}" if webhook_token_env else None
+    put(
+        "alerting/contact-points.yaml",
+        alert_rules.contact_points_file(webhook_url, email, token_ref),
+    )
     put("alerting/policies.yaml", alert_rules.policies_file(email))
     return written
 
@@ -163,10 +172,11 @@ def push(
     *,
     influx_url: str,
     database: str,
-    webhook_url: str = "http://127.0.0.1:9095/grafana",
+    webhook_url: str = DEFAULT_WEBHOOK_URL,
     email: str | None = None,
     datasource_uid: str = DATASOURCE_UID,
     api: Any = None,
+    webhook_token: str | None = None,
 ) -> PushReport:
     """Upsert datasource, folder, dashboards, alert rules, contact points and policy tree."""
     from grafana_client import GrafanaApi
@@ -253,11 +263,13 @@ def push(
 
     # contact points: GET/POST /api/v1/provisioning/contact-points, PUT .../contact-points/:uid
     existing_cps = {cp.get("uid"): cp for cp in prov.get_contactpoints() or []}
-    for cp in alert_rules.contact_points(webhook_url, email):
+    for cp in alert_rules.contact_points(webhook_url, email, webhook_token):
+        # Grafana never reads secure fields back (the bearer token): compare the rest.
+        settings = {k: v for k, v in cp["settings"].items() if k != "authorization_credentials"}
         record(
             f"contact-point/{cp['uid']}",
             existing_cps.get(cp["uid"]),
-            cp,
+            {**cp, "settings": settings},
             lambda cp=cp: prov.create_contactpoint(cp),
             lambda cp=cp: prov.update_contactpoint(cp["uid"], cp),
         )

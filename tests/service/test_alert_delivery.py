@@ -1,7 +1,8 @@
 """Alert subscriptions end to end: the real broker, a real SMTP server (aiosmtpd) and a real HTTP
 receiver on 127.0.0.1 get exactly the alerts their filters select; a receiver that is down for a
 while gets them after it returns; a destination that never returns yields a dead letter; a full
-replay of the topic sends nothing twice."""
+replay of the topic sends nothing twice. Grafana's webhook notifications, POSTed over HTTP in
+Grafana's documented shape to the service's own endpoint, take the same way to the receivers."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def _alert(aid: str, severity: str, kind: str, host: str, device: str | None, **
 
 
 class Service:
-    def __init__(self, settings: Settings, store: Path, group_id: str) -> None:
+    def __init__(self, settings: Settings, store: Path, group_id: str, **extra: Any) -> None:
         self.stop_event = threading.Event()
         self.stats = AlertServiceStats()
         self.error: BaseException | None = None
@@ -155,6 +156,7 @@ class Service:
             "http_timeout_s": 2.0,
             "smtp_timeout_s": 2.0,
             "poll_max_s": 0.2,
+            **extra,
         }
 
         def run() -> None:
@@ -309,3 +311,71 @@ def test_each_destination_gets_exactly_its_alerts_and_outages_heal(
     assert http.json_ids() == sorted([*want_json, "b1", "b2"])
     assert inbox.ids() == want_mail
     assert time.monotonic() - started < 60
+
+
+def test_grafana_webhook_notifications_reach_the_subscriptions(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    """A real HTTP POST of Grafana's documented webhook body to `alerts serve`'s endpoint; a
+    real local receiver gets exactly what its subscriptions select, once each, and a resolve
+    later; a receiver that was down gets the Grafana alerts after it returns."""
+    from tests.unit.test_grafana_webhook import GRAFANA_BODY, _post
+
+    http = HttpReceiver(_free_port())
+    store = tmp_path / "alerts.sqlite"
+    base = f"http://127.0.0.1:{http.port}"
+    subscribe(store, name="crit-json", webhook_url=f"{base}/json", min_severity="critical")
+    subscribe(store, name="node2-slack", webhook_url=f"{base}/slack", webhook_format="slack",
+              host_glob="node2")  # fmt: skip
+    service = Service(
+        service_settings,
+        store,
+        group_id=f"grafana-{tmp_path.name}",
+        grafana_listen=("127.0.0.1", 0),
+        grafana_token="t0ken",
+    )
+    auth = {"Authorization": "Bearer t0ken"}
+    try:
+        _until(lambda: bool(service.stats.grafana_url), 15, "the Grafana endpoint")
+        url = service.stats.grafana_url
+        body = json.dumps(GRAFANA_BODY).encode()
+        # The receiver is down at first: the service queues and retries.
+        assert _post(url, body, auth) == (
+            200,
+            {"received": 2, "queued": 2, "duplicates": 0, "unmatched": 0},
+        )
+        assert _post(url, body, auth)[1]["duplicates"] == 2  # Grafana's repeat: not re-sent
+        with SubscriptionStore(store) as view:
+            tried = "SELECT COUNT(*) FROM deliveries WHERE attempts >= 2"
+            _until(lambda: view.db.execute(tried).fetchone()[0] == 2, 15, "retries")
+        http.start()
+        hot = "grafana:c6eadffa33fcdf37:1634025063157076000"
+        silent = "grafana:bc97ff14869b13e3:1634031600123456789"
+        _until(
+            lambda: (http.json_ids(), http.slack_ids()) == ([hot], [silent]),
+            15,
+            "Grafana's alerts at the receiver",
+            lambda: (http.json_ids(), http.slack_ids(), service.stats),
+        )
+        (delivered,) = http.bodies["/json"][0]["alerts"]
+        assert delivered["kind"] == "thermal" and delivered["device_id"] == "node1/gpu3"
+        assert delivered["evidence"] == {"B": 91.25, "C": 1.0}
+
+        # The thermal alert resolves: Grafana posts it with status resolved and an endsAt.
+        resolved = json.loads(body)
+        resolved["status"] = "resolved"
+        resolved["alerts"] = [
+            {**resolved["alerts"][0], "status": "resolved", "endsAt": "2021-10-12T10:01:03Z"}
+        ]
+        assert _post(url, json.dumps(resolved).encode(), auth)[1]["queued"] == 1
+        _until(lambda: http.json_ids() == [hot, hot], 15, "the resolve")
+        states = [b["alerts"][0]["state"] for b in http.bodies["/json"]]
+        assert states == ["firing", "resolved"]
+        assert _post(url, body, {})[0] == 401  # a caller without the token queues nothing
+        time.sleep(0.5)
+        assert (http.json_ids(), http.slack_ids()) == ([hot, hot], [silent])
+        assert (service.stats.grafana_alerts, service.stats.grafana_queued) == (5, 3)
+    finally:
+        service.close()
+        if http.server is not None:
+            http.stop()

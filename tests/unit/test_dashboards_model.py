@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import yaml
 
+from accelpilot import cli
 from accelpilot.dashboards import alert_rules
 from accelpilot.dashboards.catalog import DATASOURCE_UID, all_dashboards
 from accelpilot.dashboards.model import GRID_COLUMNS, PANEL_TYPES, SCHEMA_VERSION, UNITS
-from accelpilot.dashboards.provisioning import export, push
+from accelpilot.dashboards.provisioning import DEFAULT_WEBHOOK_URL, export, push
 
 BUILTIN_VARS = {
     "timeFilter",
@@ -59,7 +61,7 @@ def test_dashboard_model(dash: dict[str, Any]) -> None:
     for p in panels:
         assert p["type"] in PANEL_TYPES
         g = p["gridPos"]
-        assert g["x"] >= 0 and g["x"] + g["w"] <= GRID_COLUMNS and g["h"] >= 1
+        assert g["x"] >= 0 and g["y"] >= 0 and g["x"] + g["w"] <= GRID_COLUMNS and g["h"] >= 1
         mine = {
             (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
         }
@@ -76,13 +78,15 @@ def test_dashboard_model(dash: dict[str, Any]) -> None:
             assert "$timeFilter" in t["query"]
             used = set(re.findall(r"\$(\w+)", t["query"] + t.get("alias", "")))
             assert used - BUILTIN_VARS <= defined, (p["title"], used - BUILTIN_VARS - defined)
+    before: set[str] = set()  # Grafana resolves variables in order: use only earlier ones
     for v in dash["templating"]["list"]:
         if v["type"] == "query":
             assert v["datasource"]["uid"] == DATASOURCE_UID
             assert v["query"].startswith("SHOW TAG VALUES")
-            assert set(re.findall(r"\$(\w+)", v["query"])) <= defined
-    for link in dash["links"]:
-        assert link["url"].removeprefix("/d/") in UIDS - {dash["uid"]}
+            assert set(re.findall(r"\$(\w+)", v["query"])) <= before
+        before.add(v["name"])
+    # Links between dashboards resolve: each one reaches every other, none itself.
+    assert {link["url"].removeprefix("/d/") for link in dash["links"]} == UIDS - {dash["uid"]}
 
 
 def test_device_detail_shows_every_metric() -> None:
@@ -123,7 +127,11 @@ def test_alert_rules_structure() -> None:
 
 def test_export_layout(tmp_path: Path) -> None:
     files = export(
-        tmp_path, influx_url="http://127.0.0.1:8086", database="accelpilot", email="ops@example.com"
+        tmp_path,
+        influx_url="http://127.0.0.1:8086",
+        database="accelpilot",
+        email="ops@example.com",
+        webhook_token_env="ALERTS_TOKEN",
     )
     rel = {str(f.relative_to(tmp_path)) for f in files}
     assert {
@@ -140,6 +148,14 @@ def test_export_layout(tmp_path: Path) -> None:
     ds = yaml.safe_load((tmp_path / "datasources/accelpilot.yaml").read_text())["datasources"][0]
     assert ds["uid"] == DATASOURCE_UID and ds["jsonData"]["version"] == "InfluxQL"
     assert ds["database"] == "accelpilot"
+    # The contact point reaches `accelpilot alerts serve` by default; the token stays a reference.
+    cps = yaml.safe_load((tmp_path / "alerting/contact-points.yaml").read_text())
+    hook = cps["contactPoints"][0]["receivers"][0]
+    assert hook["type"] == "webhook" and hook["settings"]["url"] == DEFAULT_WEBHOOK_URL
+    assert hook["settings"]["authorization_credentials"] == "${ALERTS_TOKEN}"
+    serve = typer.main.get_command(cli.app).commands["alerts"].commands["serve"]  # type: ignore[attr-defined]
+    defaults = {p.name: p.default for p in serve.params}
+    assert f"http://{defaults['grafana_listen']}{defaults['grafana_path']}" == DEFAULT_WEBHOOK_URL
 
 
 # -- push against a fake that implements the documented endpoint shapes ---------------------------
@@ -219,8 +235,22 @@ class FakeGrafana(BaseHTTPRequestHandler):
             return self._send(200, s["groups"][m[2]])
         m = re.fullmatch(r"/api/v1/provisioning/contact-points(?:/([\w-]+))?", path)
         if m:
-            if method == "GET":
-                return self._send(200, list(s["cps"].values()))
+            if method == "GET":  # secure settings are never read back, as in Grafana
+                return self._send(
+                    200,
+                    [
+                        {
+                            **cp,
+                            "settings": {
+                                **cp["settings"],
+                                "authorization_credentials": "[REDACTED]",
+                            },
+                        }
+                        if "authorization_credentials" in cp["settings"]
+                        else cp
+                        for cp in s["cps"].values()
+                    ],
+                )
             assert {"name", "type", "settings"} <= set(body)
             s["cps"][body["uid"]] = body
             return self._send(202, body)
@@ -262,12 +292,12 @@ def test_push_is_idempotent_against_fake_api() -> None:
             "database": "accelpilot",
             "email": "ops@example.com",
         }
-        first = push(url, "tok", **kw)
+        first = push(url, "tok", webhook_token="hook-secret", **kw)
         assert not first.unchanged and "datasource/accelpilot-influxdb" in first.created
         assert {f"dashboard/{u}" for u in UIDS} <= set(first.created)
         assert "policies" in first.updated
         n = len(FakeGrafana.requests)
-        second = push(url, "tok", **kw)
+        second = push(url, "tok", webhook_token="hook-secret", **kw)
         assert not second.created and not second.updated, second.to_text()
         writes = [r for r in FakeGrafana.requests[n:] if r[0] != "GET"]
         assert writes == []
