@@ -336,9 +336,17 @@ def optimizer_run(
 
 
 WebhookOpt = Annotated[
-    str | None, typer.Option(help="Contact point webhook for Grafana's alerts (e.g. a Slack URL).")
+    str | None,
+    typer.Option(
+        help="Contact point webhook for Grafana's alerts (default: `accelpilot alerts serve`, "
+        "http://127.0.0.1:9095/grafana)."
+    ),
 ]
 EmailOpt = Annotated[str | None, typer.Option(help="Contact point e-mail address.")]
+WebhookTokenEnvOpt = Annotated[
+    str | None,
+    typer.Option(help="Environment variable holding the webhook's bearer token (optional)."),
+]
 
 
 @dashboards_app.command("export")
@@ -346,6 +354,7 @@ def dashboards_export(
     out: Annotated[Path, typer.Option(help="Directory for Grafana's provisioning tree.")],
     webhook: WebhookOpt = None,
     email: EmailOpt = None,
+    webhook_token_env: WebhookTokenEnvOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Write datasource, dashboards and alerting provisioning files (Grafana's file layout)."""
@@ -354,7 +363,12 @@ def dashboards_export(
     s = _settings(config)
     extra = {"webhook_url": webhook} if webhook else {}
     for path in export(
-        out, influx_url=s.influx.url, database=s.influx.database, email=email, **extra
+        out,
+        influx_url=s.influx.url,
+        database=s.influx.database,
+        email=email,
+        webhook_token_env=webhook_token_env,
+        **extra,
     ):
         typer.echo(str(path))
 
@@ -367,6 +381,7 @@ def dashboards_push(
     ],
     webhook: WebhookOpt = None,
     email: EmailOpt = None,
+    webhook_token_env: WebhookTokenEnvOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Upsert datasource, folder, dashboards, alert rules, contact points and policies (stable
@@ -376,7 +391,13 @@ def dashboards_push(
     s = _settings(config)
     extra = {"webhook_url": webhook} if webhook else {}
     report = push(
-        url, token, influx_url=s.influx.url, database=s.influx.database, email=email, **extra
+        url,
+        token,
+        influx_url=s.influx.url,
+        database=s.influx.database,
+        email=email,
+        webhook_token=_env_secret(webhook_token_env),
+        **extra,
     )
     typer.echo(report.to_text())
 
@@ -484,13 +505,39 @@ def alerts_dead_letters(
     )
 
 
+def _env_secret(name: str | None) -> str | None:
+    import os
+
+    if name and os.environ.get(name) is None:
+        raise typer.BadParameter(f"environment variable {name} is not set")
+    return os.environ[name] if name else None
+
+
 @alerts_app.command("serve")
-def alerts_serve(config: ConfigOpt = None) -> None:
-    """Consume fleet.alerts and deliver them to the subscriptions until SIGTERM."""
+def alerts_serve(
+    grafana_listen: Annotated[
+        str,
+        typer.Option(help="host:port for Grafana's webhook notifications ('' = do not listen)."),
+    ] = "127.0.0.1:9095",
+    grafana_path: Annotated[str, typer.Option(help="URL path of that endpoint.")] = "/grafana",
+    grafana_token_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable with the bearer token Grafana must send."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Consume fleet.alerts, receive Grafana's webhook notifications, and deliver both to the
+    subscriptions until SIGTERM."""
     from accelpilot.dashboards.alert_service import run_alert_service
     from accelpilot.dashboards.notify import RetryPolicy
     from accelpilot.schemas.topics import ALERTS, DLQ
 
+    listen = None
+    if grafana_listen:
+        host, _, port = grafana_listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise typer.BadParameter(f"--grafana-listen: host:port, not {grafana_listen!r}")
+        listen = (host, int(port))
     s = _settings(config)
     a = s.alerts
     stats = run_alert_service(
@@ -505,6 +552,9 @@ def alerts_serve(config: ConfigOpt = None) -> None:
         http_timeout_s=a.http_timeout_s,
         smtp_timeout_s=a.smtp_timeout_s,
         dlq_topic=s.topic(DLQ),
+        grafana_listen=listen,
+        grafana_path=grafana_path,
+        grafana_token=_env_secret(grafana_token_env),
     )
     typer.echo(
         json.dumps(stats.__dict__ if hasattr(stats, "__dict__") else str(stats), default=str)
