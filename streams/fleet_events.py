@@ -61,7 +61,7 @@ from accelpilot.schemas.action_results import ActionResult
 from accelpilot.schemas.actions import Action
 from accelpilot.schemas.aggregates import Aggregate
 from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, AGGREGATES, DLQ
-from accelpilot.streams.dead_letters import dead_letter
+from accelpilot.streams.dead_letters import dead_letter, send_rejected_lines
 from accelpilot.streams.influx_sink import InfluxSink
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,6 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
     """Add the stage's agents to the worker's faust ``app``; returns the :class:`FleetEvents`."""
     w = settings.worker
     stage = FleetEvents(min(w.windows_s), w.data_dir / w.app_id / "savings-baselines.json")
-    sink = InfluxSink(settings.influx)
 
     def raw_topic(name: str) -> Any:
         return app.topic(
@@ -237,6 +236,13 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
         )
 
     dlq_topic = raw_topic(DLQ)
+    # Lines InfluxDB refuses are dead-lettered under the topic their records came from.
+    results_sink, savings_sink = (
+        InfluxSink(
+            settings.influx, on_rejected=send_rejected_lines(dlq_topic, settings.topic(source))
+        )
+        for source in (ACTION_RESULTS, AGGREGATES)
+    )
 
     async def decoded(kind: type[Any], events: Sequence[Any]) -> list[Any]:
         """Decode each event's payload; one that does not decode is dead-lettered."""
@@ -278,7 +284,7 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
                 await asyncio.sleep(0.1)  # the actions agent reads the other topic meanwhile
             for action_id in stage.unknown(batch):
                 log.warning("result of unknown action %s: written with kind 'unknown'", action_id)
-            await sink.write(stage.on_results(batch))
+            await results_sink.write(stage.on_results(batch))
             stage.save_if_changed()
             for event in events:
                 await manual.ack(event)
@@ -290,7 +296,7 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
             lines = []
             for agg in await decoded(Aggregate, events):
                 lines += stage.on_aggregate(agg)
-            await sink.write(lines)
+            await savings_sink.write(lines)
             stage.save_if_changed()
             for event in events:
                 await manual.ack(event)

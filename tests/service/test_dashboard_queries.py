@@ -20,6 +20,7 @@ The sim backend reports 7 metrics, so one more host reports every metric of the 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -260,6 +261,15 @@ def test_every_panel_and_alert_query_returns_rows(
     )
     tags = {(row[0], row[1]) for row in body["results"][0]["series"][0]["values"]}
     assert ("policy", "learned") in tags and ("host", "nvml-host") not in tags
+    body = influxql(
+        settings.influx.url,
+        'SELECT 1 - sum("energy_j") / sum("baseline_energy_j"), count("energy_j") '
+        'FROM "optimizer_savings"',
+        settings.influx.database,
+    )
+    ratio, points = body["results"][0]["series"][0]["values"][0][1:]
+    print(f"learned policy on the demo fleet: savings ratio {ratio:.3f} over {points} windows")
+    assert math.isfinite(ratio) and -1.0 < ratio < 1.0
 
     time_filter = f"time >= {start} AND time <= {end}"
     failures = []
