@@ -4,6 +4,7 @@ bodies are refused whole, and the endpoint answers over real HTTP on 127.0.0.1."
 from __future__ import annotations
 
 import copy
+import doctest
 import json
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from accelpilot.dashboards import alert_rules
+from accelpilot.dashboards import alert_rules, grafana_webhook
 from accelpilot.dashboards.grafana_webhook import (
     GrafanaWebhookServer,
     grafana_alerts,
@@ -122,6 +123,7 @@ def test_a_body_that_is_not_grafanas_is_refused_whole(mutate: Any, reason: str) 
 
 
 def test_rfc3339_with_nanoseconds_and_offsets() -> None:
+    assert doctest.testmod(grafana_webhook).failed == 0
     assert parse_rfc3339_ns("1970-01-01T00:00:01.000000001Z") == 10**9 + 1
     assert parse_rfc3339_ns("1970-01-01T01:00:00+01:00") == 0
     assert parse_rfc3339_ns("0001-01-01T00:00:00Z") is None
