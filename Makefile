@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AP := $(VENV)/bin/accelpilot
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test unit lint typecheck stack-up stack-down clean
+.PHONY: demo test unit lint typecheck stack-up stack-down clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -23,7 +23,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(PY) -m pytest -m "not service"
 
 stack-up: $(STAMP)
@@ -32,10 +32,14 @@ stack-up: $(STAMP)
 stack-down: $(STAMP)
 	$(AP) stack down
 
+# The console's real-browser tests drive Debian's chromium (Playwright cannot download its own).
+browser:
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
 # Everything CI runs: lint, type-check, then every test, the real Kafka + InfluxDB included.
 # The stack is brought up first (visible progress: the first InfluxDB build takes a while)
 # and stopped afterwards whatever the result.
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser
 	$(AP) stack up
 	$(PY) -m pytest; status=$$?; $(AP) stack down; exit $$status
 

@@ -484,23 +484,55 @@ class Demo:
                 self._event(who, "set_mode", mode)
 
     def accept(self, who: str, rec_id: str) -> tuple[Recommendation, list[ActionResult]]:
-        """Apply an open recommendation through the signed path, issued by the operator."""
+        """Apply an open recommendation through the signed path, issued by the operator. A
+        stream's load distribution is one decision: accepting its part on one host accepts the
+        parts on its other hosts too."""
         with self.lock:
             rec = self.advisor.get(rec_id)
+            group = [rec]
+            if rec.intent.kind == "set_load_weights":
+                group += [
+                    r
+                    for r in self.advisor.open.values()
+                    if r.id != rec.id
+                    and r.intent.kind == "set_load_weights"
+                    and r.intent.stream_id == rec.intent.stream_id
+                ]
             results = self.apply_intents(
-                [rec.intent],
+                [r.intent for r in group],
                 f"operator:{who}",
                 mode="manual",
                 reason=f"accepted {rec.id} from {self.optimizer_issuer} ({rec.savings.basis})",
             )
-            self.advisor.accepted(rec_id)
+            for r in group:
+                self.advisor.accepted(r.id)
             self._event(
                 who,
                 "accept_recommendation",
-                rec.id,
+                ", ".join(r.id for r in group),
                 outcomes=self._results_summary(results),
             )
             return rec, results
+
+    def accept_all(self, who: str) -> tuple[int, list[ActionResult]]:
+        """Accept every open recommendation at once (one batch of signed actions)."""
+        with self.lock:
+            recs = list(self.advisor.open.values())
+            results = self.apply_intents(
+                [r.intent for r in recs],
+                f"operator:{who}",
+                mode="manual",
+                reason=f"accepted all {len(recs)} recommendations from {self.optimizer_issuer}",
+            )
+            for r in recs:
+                self.advisor.accepted(r.id)
+            self._event(
+                who,
+                "accept_all_recommendations",
+                f"{len(recs)} recommendation(s)",
+                outcomes=self._results_summary(results),
+            )
+            return len(recs), results
 
     def dismiss(self, who: str, rec_id: str) -> Recommendation:
         with self.lock:

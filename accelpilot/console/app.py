@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from accelpilot.collectors.device import host_of
 from accelpilot.console.auth import Auth, Principal
-from accelpilot.console.errors import ConsoleRequestError, NotFoundError
+from accelpilot.console.errors import ConflictError, ConsoleRequestError, NotFoundError
 from accelpilot.console.source import ConsoleSource
 from accelpilot.demo import Demo
 from accelpilot.schemas.action_results import ActionResult
@@ -319,7 +319,15 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
             known = [r["expected_savings_w"] for r in recs if r["expected_savings_w"] is not None]
             return {
                 "mode": demo.mode,
-                "recommendations": sorted(recs, key=lambda r: -(r["expected_savings_w"] or 0.0)),
+                # A stream's load distribution first (it decides whether the SLO holds), then
+                # by expected savings.
+                "recommendations": sorted(
+                    recs,
+                    key=lambda r: (
+                        r["kind"] != "set_load_weights",
+                        -(r["expected_savings_w"] or 0),
+                    ),
+                ),
                 "expected_savings_w": float(sum(known)),
                 "accepted_total": demo.advisor.accepted_total,
                 "dismissed_total": demo.advisor.dismissed_total,
@@ -393,6 +401,16 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
         """``auto``: the optimizer acts; ``advise``: it recommends, the operator decides."""
         demo.operator_set_mode(who.name, body.mode)
         return {"mode": demo.mode}
+
+    @app.post("/api/recommendations/accept-all", tags=["optimizer"])
+    def accept_all(who: Operator) -> dict[str, Any]:
+        """Apply every open recommendation now (signed, the operator as issuer)."""
+        if demo.mode != "advise":
+            raise ConflictError("the optimizer is in auto mode: there is nothing to accept")
+        if not demo.advisor.open:
+            raise ConflictError("no recommendation is open right now")
+        n, results = demo.accept_all(who.name)
+        return {"accepted": n, **_results(results)}
 
     @app.post("/api/recommendations/{rec_id}/accept", tags=["optimizer"])
     def accept(rec_id: Annotated[str, Path(max_length=64)], who: Operator) -> dict[str, Any]:

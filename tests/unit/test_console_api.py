@@ -447,3 +447,35 @@ def test_exposed_console_requires_tokens_and_viewers_cannot_act(demo: Demo) -> N
 def test_loopback_console_needs_no_token(demo: Demo) -> None:
     c = client_for(demo, host="127.0.0.1", tokens=TOKENS)
     assert c.get("/api/status").json()["you"]["name"] == "local"
+
+
+def test_accept_all_and_a_streams_distribution_is_one_decision(
+    demo: Demo, client: TestClient
+) -> None:
+    recs = client.get("/api/recommendations").json()["recommendations"]
+    parts = [r for r in recs if r["kind"] == "set_load_weights" and r["stream_id"] == "batch-embed"]
+    assert len(parts) == 4  # batch-embed runs on node3's GPUs and every host's CPU
+    r = client.post(f"/api/recommendations/{parts[0]['id']}/accept")
+    assert r.status_code == 200 and r.json()["outcomes"] == {"applied": 4}
+    left = client.get("/api/recommendations").json()["recommendations"]
+    assert not [x for x in left if x["stream_id"] == "batch-embed"]
+    r = client.post("/api/recommendations/accept-all")
+    assert r.status_code == 200 and r.json()["accepted"] == len(left)
+    assert client.get("/api/recommendations").json()["recommendations"] == []
+    before = snapshot(demo)
+    r = client.post("/api/recommendations/accept-all")
+    assert r.status_code == 409 and "no recommendation" in r.json()["detail"]
+    client.post("/api/mode", json={"mode": "auto"})
+    r = client.post("/api/recommendations/accept-all")
+    assert r.status_code == 409 and "auto mode" in r.json()["detail"]
+    assert {k: v for k, v in snapshot(demo).items() if k not in ("mode", "events")} == {
+        k: v for k, v in before.items() if k not in ("mode", "events")
+    }
+    # Accepting everything the optimizer says, tick after tick, holds the SLO and scores.
+    client.post("/api/mode", json={"mode": "advise"})
+    for _ in range(12):
+        demo.step()
+        if demo.advisor.open:
+            client.post("/api/recommendations/accept-all")
+    score = client.get("/api/score").json()
+    assert score["slo_violated_streams"] == [] and score["saved_within_slo_wh"] > 0

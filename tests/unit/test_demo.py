@@ -79,3 +79,54 @@ def test_demo_headless_for_30_seconds_detects_and_acts(tmp_path: Path) -> None:
     applied = int(caption.split(" actions applied")[0].split()[-1])
     firing = int(caption.split(" alerts firing")[0].split()[-1])
     assert applied > 0 and firing >= 3, caption[-600:]
+
+
+@pytest.mark.slow
+def test_demo_serves_the_console_while_it_runs(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "accelpilot.cli", "demo", "--duration", "20", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        status = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2)
+                if r.status_code == 200 and r.json()["tick"] > 2:
+                    status = r.json()
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        if status is None:
+            proc.kill()
+            raise AssertionError(f"the console never answered: {proc.communicate()[0][-2000:]}")
+        assert status["scenario"] == "demo-fleet" and status["devices"] == 36
+        assert status["auth_required"] is False  # loopback
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert page.status_code == 200 and "accelpilot" in page.text
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/actions/power-cap",
+            json={"device_ids": ["node2/gpu0"], "cap_w": 300},
+            timeout=10,
+        )
+        assert r.status_code == 200 and r.json()["outcomes"] == {"applied": 1}
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert f"http://127.0.0.1:{port}" in out and "not built yet" not in out

@@ -172,6 +172,7 @@ function renderStatus() {
   $("h-budget").textContent = s.budget_w ? fmt(s.budget_w, 0, " W") : "none";
   $("h-alerts").textContent = s.alerts_firing;
   $("h-alerts").parentElement.classList.toggle("alarm", s.alerts_firing > 0);
+  $("recs-accept-all").addEventListener("click", () => act("/api/recommendations/accept-all", {}, "accepted all"));
   for (const m of ["auto", "advise"]) $("mode-" + m).classList.toggle("on", s.mode === m);
   const b = $("budget-slider");
   b.min = Math.ceil(s.fleet_min_cap_w / 100) * 100;
@@ -186,7 +187,9 @@ function renderScore() {
   const s = S.score;
   $("h-points").textContent = s.points;
   $("s-points").textContent = s.points;
-  $("s-saved").textContent = `${(s.saved_kwh).toFixed(3)} kWh · ${(100 * s.saved_fraction).toFixed(1)}%`;
+  const wh = 1000 * s.saved_kwh;
+  $("s-saved").textContent = (Math.abs(wh) >= 1000 ? `${s.saved_kwh.toFixed(2)} kWh` : `${wh.toFixed(1)} Wh`) +
+    ` · ${(100 * s.saved_fraction).toFixed(1)}%`;
   $("s-jpu").textContent = fmt(s.j_per_unit, 3);
   $("s-jpu-base").textContent = fmt(s.baseline_j_per_unit, 3);
   $("s-streak").textContent = `${s.streak_s.toFixed(0)} s`;
@@ -210,6 +213,7 @@ function recText(r) {
 function renderRecs() {
   const r = S.recs;
   const ul = $("recs");
+  $("recs-accept-all").classList.toggle("hidden", r.mode !== "advise" || !r.recommendations.length);
   if (r.mode !== "advise") {
     $("recs-summary").textContent = "";
     ul.innerHTML = `<li class="muted">The optimizer is in <b>auto</b> mode and applies its decisions itself.
@@ -250,7 +254,7 @@ function renderRisk(ranking) {
 }
 
 function renderAudit(audit) {
-  const rows = audit.actions.map(a => {
+  const rows = audit.actions.map(a => [a.ts_ns, (() => {
     const res = a.results;
     const outs = {};
     for (const r of res) outs[r.outcome] = (outs[r.outcome] || 0) + 1;
@@ -260,10 +264,11 @@ function renderAudit(audit) {
     return `<tr><td>${ago(a.ts_ns)}</td><td class="${who}">${esc(a.issuer)}</td><td>${esc(a.mode)}</td><td>${esc(a.kind)}</td>
       <td>${esc(a.device_id || a.stream_id || a.host_id)}</td><td>${value}</td><td>${outcome}</td>
       <td class="reason">${esc(a.reason)}${a.signed ? ' <span class="chip">signed</span>' : ""}</td></tr>`;
-  });
-  const evs = audit.events.slice(0, 10).map(e => `<tr class="event"><td>${ago(e.ts_ns)}</td><td class="op">operator:${esc(e.who)}</td>
-    <td>console</td><td>${esc(e.what)}</td><td colspan="4">${esc(e.detail)}</td></tr>`);
-  $("audit").querySelector("tbody").innerHTML = evs.concat(rows).join("");
+  })()]);
+  const evs = audit.events.map(e => [e.ts_ns, `<tr class="event"><td>${ago(e.ts_ns)}</td><td class="op">operator:${esc(e.who)}</td>
+    <td>console</td><td>${esc(e.what)}</td><td colspan="4">${esc(e.detail)}</td></tr>`]);
+  const all = evs.concat(rows).sort((x, y) => y[0] - x[0]).slice(0, 80);
+  $("audit").querySelector("tbody").innerHTML = all.map(x => x[1]).join("");
 }
 
 function renderStreams() {
@@ -363,6 +368,7 @@ function wire() {
     if (e.target.classList.contains("accept")) act(`/api/recommendations/${id}/accept`, {}, "accepted");
     else if (e.target.classList.contains("dismiss")) act(`/api/recommendations/${id}/dismiss`, {}, "dismissed");
   });
+  $("recs-accept-all").addEventListener("click", () => act("/api/recommendations/accept-all", {}, "accepted all"));
   for (const m of ["auto", "advise"]) $("mode-" + m).addEventListener("click", () => act("/api/mode", { mode: m }, `mode ${m}`));
   $("token-save").addEventListener("click", () => {
     S.token = $("token-input").value.trim();
