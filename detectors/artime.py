@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -106,86 +105,146 @@ def pair_similarity(features: FloatArray) -> FloatArray:
     return sim
 
 
-@dataclass
-class _Art:
-    """Dual-vigilance fuzzy ART over complement-coded vectors, fixed capacity."""
+class _ArtBank:
+    """Dual-vigilance fuzzy ART over complement-coded vectors, one per series, batched.
 
-    dim: int
-    capacity: int
-    rho_lb: float = 0.0
-    rho_ub: float = 0.0
-    w: FloatArray = field(init=False)
-    #: Per category: L1 norm of w (0 -> 0.001), and w's newest level plus its complement.
-    norm: FloatArray = field(init=False)
-    energy: FloatArray = field(init=False)
-    last_used: IntArray = field(init=False)
-    n: int = 0
-    clock: int = 0
-    zero_energy: bool = False
+    Every series has a fixed-capacity category array (rows ``[0, n)`` in use); a call to
+    :meth:`train` presents one feature vector to each of several series at once.
+    """
 
-    def __post_init__(self) -> None:
-        self.w = np.zeros((self.capacity, 2 * self.dim))
-        self.norm = np.zeros(self.capacity)
-        self.energy = np.zeros(self.capacity)
-        self.last_used = np.zeros(self.capacity, np.int64)
+    def __init__(self, n_series: int, dim: int, capacity: int) -> None:
+        self.dim = dim
+        self.capacity = capacity
+        self.w = np.zeros((n_series, capacity, 2 * dim))
+        #: Per category: L1 norm of w (0 -> 0.001), and w's newest level plus its complement.
+        self.norm = np.zeros((n_series, capacity))
+        self.energy = np.zeros((n_series, capacity))
+        self.last_used = np.zeros((n_series, capacity), np.int64)
+        self.n = np.zeros(n_series, np.int64)
+        self.clock = np.zeros(n_series, np.int64)
+        self.zero_energy = np.zeros(n_series, bool)
+        self.rho_lb = np.zeros(n_series)
+        self.rho_ub = np.zeros(n_series)
 
-    def train(self, f: FloatArray, learning: bool = True) -> tuple[bool, float, float]:
-        """Present ``f``; returns ``(novel, best match, its energy match)``.
+    def train(
+        self, ks: IntArray, features: FloatArray, learning: BoolArray
+    ) -> tuple[BoolArray, FloatArray, FloatArray]:
+        """Present ``features[j]`` to series ``ks[j]`` (distinct); per series
+        ``(novel, best match, its energy match)``.
 
-        ``novel``: no category reached ``rho_lb`` (or ``learning`` is off). The first call
-        only creates the all-ones category (match 0), as the original does.
+        ``novel``: no category reached ``rho_lb`` (or ``learning`` is off). A series' first
+        call only creates the all-ones category (match 0), as the original does.
         """
-        self.clock += 1
-        x = np.concatenate([f, 1.0 - f])
-        if self.n == 0:
-            self._commit(np.ones(2 * self.dim))
-            return True, 0.0, 0.0
-        if self.zero_energy:
-            # A category with no energy left matches 0/0 = NaN; the original visits NaN
-            # matches first and stops there: a mismatch.
-            if learning:
-                self._commit(x)
-            return True, 0.0, 0.0
-        n = self.n
-        em = np.minimum(x, self.w[:n])
-        fsim = em.sum(axis=1) / self.norm[:n]
+        m_count = len(ks)
+        novel = np.ones(m_count, bool)
+        a = np.zeros(m_count)
+        ae = np.zeros(m_count)
+        self.clock[ks] += 1
+        x = np.concatenate([features, 1.0 - features], axis=1)
+        fresh = self.n[ks] > 0
+        for j in np.flatnonzero(~fresh):
+            self._commit(int(ks[j]), np.ones(2 * self.dim))
+        # A category with no energy left matches 0/0 = NaN; the original visits NaN
+        # matches first and stops there: a mismatch (and learns the sample as a category).
+        nan_case = fresh & self.zero_energy[ks]
+        for j in np.flatnonzero(nan_case & learning):
+            self._commit(int(ks[j]), x[j])
+        run = np.flatnonzero(fresh & ~nan_case)
+        if len(run) == 0:
+            return novel, a, ae
+        rk = ks[run]
+        n = self.n[rk]
+        width = int(n.max())
+        # One series, or every series (a synchronous fleet): views, no copy.
+        sel: slice | IntArray = rk
+        if len(rk) == 1:
+            sel = slice(int(rk[0]), int(rk[0]) + 1)
+        elif len(rk) == self.w.shape[0]:
+            sel = slice(None)
+        w, norm, energy = self.w[sel, :width], self.norm[sel, :width], self.energy[sel, :width]
+        em = np.minimum(x[run][:, None, :], w)
+        valid = np.arange(width)[None, :] < n[:, None]
         e, last = self.dim - 1, 2 * self.dim - 1
-        esim = (em[:, e] + em[:, last]) / self.energy[:n]
-        m = fsim**3 * esim**2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fsim = em.sum(axis=2) / norm
+            esim = (em[:, :, e] + em[:, :, last]) / energy
+        m = np.where(valid, fsim**3 * esim**2, -1.0)
+        best = np.argmax(m, axis=1)
+        rows = np.arange(len(run))
+        top = m[rows, best]
+        positive = top > 0
+        a[run] = np.where(positive, top, 0.0)
+        ae[run] = np.where(positive, esim[rows, best], 0.0)
+        learn = learning[run]
+        resonant = learn & (top >= self.rho_ub[rk])
+        novel[run] = ~learn | (~resonant & (top < self.rho_lb[rk]))
+        # Resonance: every category at or above rho_ub learns (fast commit: w <- x ^ w).
+        r_rows, r_cols = np.nonzero(resonant[:, None] & valid & (m >= self.rho_ub[rk][:, None]))
+        if len(r_rows):
+            self._set(rk[r_rows], r_cols, em[r_rows, r_cols])
+            self.last_used[rk[r_rows], r_cols] = self.clock[rk[r_rows]]
+            self._check_energy(np.unique(rk[r_rows]))
+        # No resonance: the sample becomes a category (new cluster if below rho_lb).
+        for j in np.flatnonzero(learn & ~resonant):
+            k = int(rk[j])
+            self.last_used[k, best[j]] = self.clock[k]
+            self._commit(k, x[run[j]])
+        return novel, a, ae
+
+    def train_one(self, k: int, f: FloatArray, learning: bool = True) -> tuple[bool, float, float]:
+        """:meth:`train` for one series (the sequential probation pass): the same step on
+        row views, without the batching overhead."""
+        self.clock[k] += 1
+        x = np.concatenate([f, 1.0 - f])
+        n = int(self.n[k])
+        if n == 0:
+            self._commit(k, np.ones(2 * self.dim))
+            return True, 0.0, 0.0
+        if self.zero_energy[k]:
+            if learning:
+                self._commit(k, x)
+            return True, 0.0, 0.0
+        em = np.minimum(x, self.w[k, :n])
+        e, last = self.dim - 1, 2 * self.dim - 1
+        m = (em.sum(axis=1) / self.norm[k, :n]) ** 3 * (
+            (em[:, e] + em[:, last]) / self.energy[k, :n]
+        ) ** 2
         best = int(np.argmax(m))
         top = float(m[best])
-        a, ae = (top, float(esim[best])) if top > 0 else (0.0, 0.0)
+        a, ae = (top, float((em[best, e] + em[best, last]) / self.energy[k, best]))
+        if top <= 0:
+            a, ae = 0.0, 0.0
         if not learning:
             return True, a, ae
-        if top >= self.rho_ub:
-            rows = np.flatnonzero(m >= self.rho_ub)
-            self._set_rows(rows, em[rows])
-            self.last_used[rows] = self.clock
+        if top >= self.rho_ub[k]:
+            cols = np.flatnonzero(m >= self.rho_ub[k])
+            self._set(np.full(len(cols), k), cols, em[cols])
+            self.last_used[k, cols] = self.clock[k]
+            self._check_energy(np.array([k]))
             return False, a, ae
-        self.last_used[best] = self.clock
-        self._commit(x)
-        return top < self.rho_lb, a, ae
+        self.last_used[k, best] = self.clock[k]
+        self._commit(k, x)
+        return top < self.rho_lb[k], a, ae
 
-    def _set_rows(self, rows: IntArray, w: FloatArray) -> None:
-        self.w[rows] = w
+    def _set(self, ks: IntArray, cols: IntArray, w: FloatArray) -> None:
+        self.w[ks, cols] = w
         norm = w.sum(axis=1)
-        self.norm[rows] = np.where(norm == 0, 0.001, norm)
-        energy = w[:, self.dim - 1] + w[:, 2 * self.dim - 1]
-        self.energy[rows] = energy
-        self.zero_energy = bool((self.energy[: self.n] == 0).any())
+        self.norm[ks, cols] = np.where(norm == 0, 0.001, norm)
+        self.energy[ks, cols] = w[:, self.dim - 1] + w[:, 2 * self.dim - 1]
 
-    def train_batch(self, features: FloatArray) -> FloatArray:
-        """Present each column in turn (the first only initializes); the matches."""
-        return np.array([self.train(col)[1] for col in features.T])
+    def _check_energy(self, ks: IntArray) -> None:
+        for k in ks:
+            self.zero_energy[k] = bool((self.energy[k, : self.n[k]] == 0).any())
 
-    def _commit(self, x: FloatArray) -> None:
-        if self.n < self.capacity:
-            slot = self.n
-            self.n += 1
+    def _commit(self, k: int, x: FloatArray) -> None:
+        if self.n[k] < self.capacity:
+            slot = int(self.n[k])
+            self.n[k] += 1
         else:  # full: replace the least recently matched category (never the first)
-            slot = 1 + int(np.argmin(self.last_used[1:]))
-        self._set_rows(np.array([slot]), x[None, :])
-        self.last_used[slot] = self.clock
+            slot = 1 + int(np.argmin(self.last_used[k, 1:]))
+        self._set(np.array([k]), np.array([slot]), x[None, :])
+        self.last_used[k, slot] = self.clock[k]
+        self._check_energy(np.array([k]))
 
 
 class _Series:
@@ -193,11 +252,14 @@ class _Series:
 
     def __init__(
         self,
+        bank: _ArtBank,
+        k: int,
         value_min: float | None,
         value_max: float | None,
         n_samples: int | None,
-        max_categories: int,
     ) -> None:
+        self.bank = bank
+        self.k = k
         self.pp = probation_samples(n_samples)
         self.sstep = max(1, round(self.pp // (WINDOW * WINDOWS_PER_PROBATION)))
         self.trend_window = self.pp // self.sstep
@@ -212,7 +274,6 @@ class _Series:
         self.medbin = np.zeros(N_LEVELS + 1, np.int64)
         self.medlevel = self.below = self.above = 0
         self.f_window = np.zeros(WINDOW)
-        self.art = _Art(2 * WINDOW, max_categories)
         self.probation_features: list[FloatArray] = []
         self.last_anomaly_i = 0
         self.last_anomaly_sim = 0.0
@@ -228,8 +289,12 @@ class _Series:
         self.sim_diff_window = np.zeros(self.trend_window + 1)
 
     # ---------------------------------------------------------------- raw samples
-    def step(self, value: float) -> float:
-        """Score one raw sample (0 unless it closes a downsampling block that is novel)."""
+    def step(self, value: float) -> float | tuple[FloatArray, int]:
+        """Score one raw sample (0 unless it closes a downsampling block that is novel).
+
+        When the sample needs an ART step after probation, returns ``(features, step)``
+        instead: the caller batches those steps over series (:meth:`finish`).
+        """
         if self.dmin is None:
             self.pending.append(value)
             if len(self.pending) < self.pp:
@@ -239,16 +304,16 @@ class _Series:
             self.dmin, self.dmax = lo - margin, hi + margin
             held, self.pending = self.pending, []
             for v in held[:-1]:
-                self._sample(v)
-            return self._sample(held[-1])
-        return self._sample(value)
+                self._sample(v, defer=False)
+            return self._sample(held[-1], defer=True)
+        return self._sample(value, defer=True)
 
-    def _sample(self, value: float) -> float:
+    def _sample(self, value: float, defer: bool) -> float | tuple[FloatArray, int]:
         self.block.pop(0)
         self.block.append(value)
-        score = 0.0
+        score: float | tuple[FloatArray, int] = 0.0
         if self.i % self.sstep == 0:
-            score = self._features(self._downsample())
+            score = self._features(self._downsample(), defer)
             self.dsi += 1
         self.i += 1
         return score
@@ -295,7 +360,7 @@ class _Series:
         med = self.medlevel / N_LEVELS
         return med if abs(ds - med) < CHOMP else ds
 
-    def _features(self, ds: float) -> float:
+    def _features(self, ds: float, defer: bool) -> float | tuple[FloatArray, int]:
         self.f_window[:-1] = self.f_window[1:]
         self.f_window[-1] = ds
         f = np.zeros(2 * WINDOW)
@@ -304,15 +369,15 @@ class _Series:
             f = np.array(_minmax(haar(_minmax(levels))) + levels)
         i = self.dsi
         if i > self.trend_window:
-            return self._detect(f, i)
+            return (f, i) if defer else self._detect(f, i)
         self.probation_features.append(f)
         if i == self.trend_window:
             feats = np.stack(self.probation_features, axis=1)
             self.probation_features = []
             rho = self._initial_rho(feats[:, WINDOW - 1 :])
-            self.art.rho_lb = self.art.rho_ub = rho
-            for k in range(feats.shape[1]):
-                self._detect(feats[:, k], k + 1)
+            self.bank.rho_lb[self.k] = self.bank.rho_ub[self.k] = rho
+            for j in range(feats.shape[1]):
+                self._detect(feats[:, j], j + 1)
         return 0.0
 
     # ---------------------------------------------------------------- ART
@@ -320,12 +385,16 @@ class _Series:
         """Mean match of the second half of an ART pass (rho 0.8) over the probation
         features, least typical first."""
         order = np.argsort(pair_similarity(feats).sum(axis=0), kind="stable")
-        art = _Art(2 * WINDOW, feats.shape[1] + 1, INITIAL_RHO, INITIAL_RHO)
-        matches = art.train_batch(feats[:, order])
-        return float(matches[self.trend_window // 2 - 1 :].mean())
+        art = _ArtBank(1, 2 * WINDOW, feats.shape[1] + 1)
+        art.rho_lb[0] = art.rho_ub[0] = INITIAL_RHO
+        matches = [art.train_one(0, col)[1] for col in feats[:, order].T]
+        return float(np.mean(matches[self.trend_window // 2 - 1 :]))
 
     def _detect(self, f: FloatArray, i: int) -> float:
-        art = self.art
+        return self.finish(i, *self.bank.train_one(self.k, f, learning=i >= WINDOW))
+
+    def finish(self, i: int, novel: bool, a: float, ae: float) -> float:
+        """The rest of ARTime's step ``i`` after its ART step gave ``(novel, a, ae)``."""
         since = i - self.last_anomaly_i
         rho_after_anomaly = since == self.mask
         rho_for_trend = (i - self.last_rho_update_i) >= self.trend_window // 2
@@ -336,14 +405,13 @@ class _Series:
             and self.no_new_cat_count >= self.mask
         ):
             self.mask_after_cat = False
-        novel, a, ae = art.train(f, learning=i >= WINDOW)
         self.no_new_cat_count = 0 if novel else self.no_new_cat_count + 1
         self.match_sum += a
         self.match_count += 1
         self.sim_window[:-1] = self.sim_window[1:]
         self.sim_window[-1] = a
         self.sim_diff_window[:-1] = self.sim_diff_window[1:]
-        self.sim_diff_window[-1] = art.rho_ub - a
+        self.sim_diff_window[-1] = self.bank.rho_ub[self.k] - a
         if since < self.mask and self.anomaly_sim_count and a < self.anomaly_sim_last:
             self.anomaly_sim_sum += a - self.anomaly_sim_last
             self.anomaly_sim_last = a
@@ -363,10 +431,10 @@ class _Series:
         return score
 
     def _update_rho(self, i: int) -> None:
-        art = self.art
+        bank, k = self.bank, self.k
         lowest = float(self.sim_window.min())
         new_ub = min(RHO_UB_CAP, self.match_sum / self.match_count)
-        prev_lb = art.rho_lb
+        prev_lb = float(bank.rho_lb[k])
         if prev_lb <= lowest:
             new_lb = prev_lb + (lowest - prev_lb) * 0.19
         else:
@@ -378,15 +446,15 @@ class _Series:
             new_lb = prev_lb - max(0.01, decr) / 2
             if self.anomaly_sim_count:
                 new_lb = max(self.anomaly_sim_sum / self.anomaly_sim_count, new_lb)
-        art.rho_lb = min(new_ub, new_lb)
-        art.rho_ub = new_ub
+        bank.rho_lb[k] = min(new_ub, new_lb)
+        bank.rho_ub[k] = new_ub
         self.last_rho_update_i = i
         self.mask_after_cat = True
 
     def _confidence(self, sim: float, energy: float) -> float:
         sim = min(0.999, sim)
-        ub = ((1 - sim) - (1 - self.art.rho_ub)) / (1 - sim)
-        lb = ((1 - sim) - (1 - self.art.rho_lb)) / (1 - sim)
+        ub = ((1 - sim) - (1 - self.bank.rho_ub[self.k])) / (1 - sim)
+        lb = ((1 - sim) - (1 - self.bank.rho_lb[self.k])) / (1 - sim)
         s = ub * 0.35 + lb * 0.65 + (1.0 - energy) * 1.5
         return min(max(round(s, 6), 0.0), 1.0)
 
@@ -425,22 +493,38 @@ class ARTime(BatchDetector):
         lo = _per_series(value_min, n_series)
         hi = _per_series(value_max, n_series)
         length = _per_series(n_samples, n_series)
+        self.bank = _ArtBank(n_series, 2 * WINDOW, max_categories)
         self.series = [
             _Series(
+                self.bank,
+                k,
                 lo[k],
                 hi[k],
                 None if length[k] is None else int(length[k]),  # type: ignore[arg-type]
-                max_categories,
             )
             for k in range(n_series)
         ]
 
     def _update_score(self, values: FloatArray, ts_ns: IntArray, present: BoolArray) -> FloatArray:
         out = np.zeros(self.n_series)
-        for k in np.flatnonzero(present):
-            v = values[k, 0]
-            if np.isfinite(v):
-                out[k] = self.series[k].step(float(v))
+        waiting: list[tuple[int, FloatArray, int]] = []
+        column = values[:, 0].tolist()
+        for k in np.flatnonzero(present).tolist():
+            v = column[k]
+            if math.isfinite(v):
+                r = self.series[k].step(v)
+                if isinstance(r, tuple):
+                    waiting.append((k, *r))
+                else:
+                    out[k] = r
+        if waiting:  # one batched ART step for every series that needs one now
+            ks = np.array([w[0] for w in waiting])
+            steps = [w[2] for w in waiting]
+            novel, a, ae = self.bank.train(
+                ks, np.stack([w[1] for w in waiting]), np.array(steps) >= WINDOW
+            )
+            for j, k in enumerate(ks.tolist()):
+                out[k] = self.series[k].finish(steps[j], bool(novel[j]), float(a[j]), float(ae[j]))
         return out
 
 

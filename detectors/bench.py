@@ -73,7 +73,7 @@ def bench_detectors(
     river_series: int = 20,
     river_steps: int = 250,
     nab_series: int = 50,
-    nab_steps: int = 1500,
+    nab_steps: int = 3000,
 ) -> dict[str, Any]:
     """Device-samples/s of our detectors and River's HalfSpaceTrees, with ratios.
 
