@@ -9,6 +9,9 @@
 Every file is scored by a fresh detector of its own (one series), so a file's scores never
 depend on another file. Detectors whose series are independent (``series_independent``)
 are run over many files at once as one batch, with identical results, only faster.
+Detectors that declare ``takes_file_range`` also get each file's min, max and length, as
+NAB's own runner gives every detector (``inputMin`` / ``inputMax``; docs/detectors.md).
+The NAB functions default to ``NAB_DETECTOR``, the CSV functions to ``DEFAULT_DETECTOR``.
 """
 
 from __future__ import annotations
