@@ -238,9 +238,10 @@ class Demo:
 
     def intents(self, controls: Controls) -> list[Intent]:
         fleet = self.fleet
-        return controls_to_intents(
+        intents: list[Intent] = controls_to_intents(
             self.facts, controls, caps_w=fleet.caps_w, standby=fleet.standby, weights=fleet.weights
         )
+        return intents
 
     def expected_savings(self, it: Intent) -> Savings:
         """What a recommendation should save, from the live optimizer's own learned model
@@ -328,7 +329,7 @@ class Demo:
             raise NotFoundError(
                 f"unknown stream {stream_id!r}; streams: {list(self.facts.stream_ids)}"
             )
-        return self.facts.stream_ids.index(stream_id)
+        return int(self.facts.stream_ids.index(stream_id))
 
     def _event(self, who: str, what: str, detail: str, **extra: Any) -> None:
         self.events.append(
@@ -358,7 +359,7 @@ class Demo:
             caps = self.fleet.caps_w.copy()
             bad = []
             for i in idx:
-                want = cap_w if cap_w is not None else float(f.tdp_w[i]) * float(fraction_of_tdp)
+                want = cap_w if cap_w is not None else float(f.tdp_w[i]) * (fraction_of_tdp or 0.0)
                 lo, hi = float(f.min_cap_w[i]), float(f.tdp_w[i])
                 if fraction_of_tdp is not None:
                     want = min(max(want, lo), hi)  # a group slider clamps into each device
@@ -475,11 +476,12 @@ class Demo:
             self._event(who, "release", detail)
 
     def operator_set_mode(self, who: str, mode: str) -> None:
-        if mode not in MODES:
+        new: Mode = "auto" if mode == "auto" else "advise"
+        if mode != new:
             raise InvalidRequestError(f"mode must be one of {list(MODES)}, not {mode!r}")
         with self.lock:
-            if mode != self.mode:
-                self.mode = mode  # type: ignore[assignment]
+            if new != self.mode:
+                self.mode = new
                 self.advisor.clear()
                 self._event(who, "set_mode", mode)
 

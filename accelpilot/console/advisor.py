@@ -70,7 +70,7 @@ def _moved(a: Intent, b: Intent) -> bool:
     if a.kind != b.kind:
         return True
     if a.cap_w is not None and b.cap_w is not None:
-        return abs(a.cap_w - b.cap_w) >= DISMISS_CAP_W
+        return bool(abs(a.cap_w - b.cap_w) >= DISMISS_CAP_W)
     if a.weights is not None and b.weights is not None:
         keys = set(a.weights) | set(b.weights)
         return any(

@@ -153,7 +153,7 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     def device_index(device_id: str) -> int:
         if device_id not in f.device_ids:
             raise NotFoundError(f"unknown device {device_id!r}; see /api/inventory")
-        return f.device_ids.index(device_id)
+        return int(f.device_ids.index(device_id))
 
     # -- reads -------------------------------------------------------------------------------
     @app.get("/api/status", tags=["fleet"])
@@ -316,7 +316,11 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
         """Open recommendations of the optimizer (advise mode), with expected savings."""
         with demo.lock:
             recs = [r.to_dict() for r in demo.advisor.open.values()]
-            known = [r["expected_savings_w"] for r in recs if r["expected_savings_w"] is not None]
+            known = [
+                r.savings.power_w
+                for r in demo.advisor.open.values()
+                if r.savings.power_w is not None
+            ]
             return {
                 "mode": demo.mode,
                 # A stream's load distribution first (it decides whether the SLO holds), then

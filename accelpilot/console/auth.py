@@ -69,7 +69,7 @@ def parse_tokens(spec: str) -> dict[str, Principal]:
                 f"console.tokens entry {n + 1} ({name}): needs a name and a token of at least "
                 f"{MIN_TOKEN_CHARS} characters"
             )
-        out[token] = Principal(name, role)  # type: ignore[arg-type]
+        out[token] = Principal(name, "operator" if role == "operator" else "viewer")
     return out
 
 
