@@ -30,17 +30,28 @@ class AckGate:
         self._pending.setdefault(host_id, deque()).append((ts_ns, event))
 
     def releasable(self) -> list[Any]:
-        """Events whose windows have all closed, in arrival order per host."""
+        """Events whose windows have all closed, in arrival order per host.
+
+        A sample at ``ts`` is in a closed window of an aggregator with window ``w`` whose
+        windows are closed up to ``c`` iff ``(ts // w + 1) * w <= c``, i.e. ``ts < (c // w) * w``:
+        one bound per host, the smallest over the aggregators, compared with the queue's head.
+        """
         out = []
         for host_id, queue in self._pending.items():
-            closes = [(a.window_ns, a.closed_until_ns(host_id)) for a in self.aggregators]
-            if any(c is None for _, c in closes):
+            if not queue:
                 continue
-            while queue and all(
-                (queue[0][0] // w + 1) * w <= c  # type: ignore[operator]
-                for w, c in closes
-            ):
-                out.append(queue.popleft()[1])
+            bound: int | None = None
+            for a in self.aggregators:
+                c = a.closed_until_ns(host_id)
+                if c is None:
+                    break
+                b = (c // a.window_ns) * a.window_ns
+                bound = b if bound is None or b < bound else bound
+            else:
+                if bound is None:
+                    continue
+                while queue and queue[0][0] < bound:
+                    out.append(queue.popleft()[1])
         return out
 
     @property

@@ -125,6 +125,13 @@ def host_reduction(metric: str) -> Reduction:
     return HOST_REDUCTION_BY_UNIT.get(spec.unit, "mean") if spec else "mean"
 
 
+def sample_values(sample: HostSample) -> FloatArray:
+    """The sample's metrics as a ``(metrics, devices)`` float64 array, NaN where ``null``."""
+    return np.array(list(sample.metrics.values()), dtype=np.float64).reshape(
+        len(sample.metrics), len(sample.device_ids)
+    )
+
+
 # -- per-window columnar buffer ---------------------------------------------------------------
 class _Layout:
     """Where one sample's ``(metrics, devices)`` row lands in its window's union columns."""
@@ -418,8 +425,12 @@ class WindowAggregator:
         self.fleet_missed_host_windows_total = 0
 
     # -- feeding --------------------------------------------------------------------------------
-    def add(self, sample: HostSample) -> list[Aggregate]:
-        """Take one sample; return the aggregates of the windows it closed (often none)."""
+    def add(self, sample: HostSample, values: FloatArray | None = None) -> list[Aggregate]:
+        """Take one sample; return the aggregates of the windows it closed (often none).
+
+        ``values`` is :func:`sample_values` of ``sample`` when the caller already has it (one
+        conversion shared by several aggregators); it is kept, not copied.
+        """
         host = self._hosts.get(sample.host_id)
         if host is None:
             host = self._new_host(sample.host_id)
@@ -434,14 +445,12 @@ class WindowAggregator:
         elif ts in win.seen:
             self.duplicates_total += 1
             return []
-        keys = list(sample.metrics)
-        row = np.array(list(sample.metrics.values()), dtype=np.float64)
         win.append(
             ts,
             max(round(sample.interval_s * _NS_PER_S), 1),
-            keys,
+            list(sample.metrics),
             sample.device_ids,
-            row.reshape(len(keys), len(sample.device_ids)),
+            sample_values(sample) if values is None else values,
         )
         if ts <= host.max_ts_ns:
             return []

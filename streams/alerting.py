@@ -717,31 +717,27 @@ class DeviceMonitor:
         sizes = [len(lay.known) for lay in layouts]
         n = sum(sizes)
         offsets = np.cumsum([0, *sizes])
-        cols: dict[str, FloatArray] = {}
+        o_list = offsets[:-1].tolist()
         reporting = np.zeros(n, bool)
-        ts = np.empty(n, np.int64)
-        interval = np.empty(n)
-        n_int = np.empty(n, np.int64)
-        pos: dict[str, int] = {}
-        events = []
+        size_arr = np.array(sizes, np.int64)
+        ts = np.repeat(np.array([s.ts_ns for s in samples], np.int64), size_arr)
+        interval = np.repeat(np.array([s.interval_s for s in samples], np.float64), size_arr)
+        intervals = self.risk.intervals
+        n_int = np.repeat(
+            np.array([intervals(s.host_id, s.ts_ns, s.interval_s) for s in samples], np.int64),
+            size_arr,
+        )
         device_ids: list[str] = []
         host_ids: list[str] = []
-        for s, lay, o in zip(samples, layouts, offsets.tolist(), strict=False):
-            rows = lay.pos + o
-            for name, c in s.metrics.items():
-                col = cols.get(name)
-                if col is None:
-                    col = cols[name] = np.full(n, np.nan)
-                col[rows] = np.array(c, dtype=np.float64)
-            k = len(lay.known)
-            ts[o : o + k] = s.ts_ns
-            interval[o : o + k] = s.interval_s
-            n_int[o : o + k] = self.risk.intervals(s.host_id, s.ts_ns, s.interval_s)
+        pos: dict[str, int] = {}
+        events = []
+        for s, lay, o in zip(samples, layouts, o_list, strict=True):
             device_ids += lay.known
-            host_ids += [s.host_id] * k
+            host_ids += [s.host_id] * len(lay.known)
             if s.events:
                 events += s.events
                 pos.update({d: o + i for i, d in enumerate(lay.known)})
+        cols = _columns(samples, layouts, o_list, n)
         for col in cols.values():
             reporting |= ~np.isnan(col)
         nan = np.full(n, np.nan)
@@ -794,11 +790,18 @@ class DeviceMonitor:
         v = np.where(ok, v + cfg.power_noise_alpha * (rel - v), v)
         self.power_noise[slots] = v
         self.power_prev[slots] = np.where(np.isnan(power), prev, power)
+        # Each host's median, computed for all hosts of one size at once (one np.median call
+        # over a (hosts, devices) matrix instead of one per host).
         out = v.copy()
-        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-            if b - a >= 3:
-                med = float(np.median(v[a:b]))
-                out[a:b] = np.where(v[a:b] >= cfg.power_noise_peer_ratio * med, v[a:b], 0.0)
+        sizes = np.diff(offsets)
+        for size in np.unique(sizes).tolist():
+            if size < 3:
+                continue
+            starts = offsets[:-1][sizes == size]
+            idx = starts[:, None] + np.arange(size)
+            block = v[idx]
+            med = np.median(block, axis=1, keepdims=True)
+            out[idx] = np.where(block >= cfg.power_noise_peer_ratio * med, block, 0.0)
         return out
 
     # -- state -------------------------------------------------------------------------------
@@ -837,6 +840,31 @@ class DeviceMonitor:
         mon.power_prev = np.array(s["power_prev"], dtype=np.float64)
         mon.power_noise = np.array(s["power_noise"], dtype=np.float64)
         return mon
+
+
+def _columns(
+    samples: Sequence[HostSample], layouts: Sequence[_Layout], offsets: list[int], n: int
+) -> dict[str, FloatArray]:
+    """Each metric as one ``(n,)`` column over the group's device rows (NaN where absent).
+
+    Samples that share their metric names and device count (a steady fleet: all of them) are
+    converted with one ``np.array`` call; the rest column by column.
+    """
+    cols: dict[str, FloatArray] = {}
+    by_shape: dict[tuple[tuple[str, ...], int], list[int]] = {}
+    for k, s in enumerate(samples):
+        by_shape.setdefault((tuple(s.metrics), len(s.device_ids)), []).append(k)
+    for (names, _), members in by_shape.items():
+        if not names:
+            continue
+        values = np.array([list(samples[k].metrics.values()) for k in members], np.float64)
+        rows = np.concatenate([layouts[k].pos + offsets[k] for k in members])
+        for m, name in enumerate(names):
+            col = cols.get(name)
+            if col is None:
+                col = cols[name] = np.full(n, np.nan)
+            col[rows] = values[:, m, :].reshape(-1)
+    return cols
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,32 +4,39 @@
 
 Detector and alert state is in memory: a restarted worker warms its detectors up again (about
 30 samples per device) and an alert episode still open at the restart is reported again under a
-new id (its start time changes). Checkpointing that state is issue #4's remaining work.
+new id (its start time changes). docs/streams.md says why that state is not checkpointed yet.
 
-Each batch (``noack_take``: bounded by count and time) is processed, its dead letters delivered
-and its points written before its events are acknowledged, so processing is at-least-once and
-the InfluxDB writes (keyed by series + timestamp) make replays idempotent. No exactly_once, no
-agent concurrency > 1 (see docs/architecture notes on faust's open bugs).
+Each batch (``noack_take``: bounded by count and time) is processed by :class:`BatchStages`
+(pure), its sends started at once; a committer task then awaits the batch's deliveries and its
+InfluxDB write, in batch order, and only then acknowledges its events (pipelined: the next batch
+is computed meanwhile, at most ``IN_FLIGHT_BATCHES`` wait). Processing is at-least-once and the
+InfluxDB writes (keyed by series + timestamp) make replays idempotent. No exactly_once, no agent
+concurrency > 1 (see docs/architecture notes on faust's open bugs). Speed figures and the
+profile: docs/streams.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from accelpilot.config import Settings
+from accelpilot.config import Settings, WorkerSettings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.aggregates import Aggregate
+from accelpilot.schemas.alerts import Alert
+from accelpilot.schemas.anomalies import AnomalyScore
 from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import AGGREGATES, ALERTS, ANOMALIES, DLQ, SAMPLES
 from accelpilot.streams.acks import AckGate
 from accelpilot.streams.aggregate_lines import aggregate_lines
-from accelpilot.streams.aggregates import WindowAggregator
+from accelpilot.streams.aggregates import WindowAggregator, sample_values
 from accelpilot.streams.alerting import DeviceMonitor
 from accelpilot.streams.dead_letters import dead_letter, send_rejected_lines
 from accelpilot.streams.event_lines import alert_lines, anomaly_lines
@@ -39,9 +46,73 @@ from accelpilot.streams.ingest import ingest_sample
 
 log = logging.getLogger(__name__)
 
+#: Batches whose sends and InfluxDB write may be in flight while the next one is computed.
+IN_FLIGHT_BATCHES = 3
+
 
 class _InternalError(SchemaError):
     """A bug of ours met while handling one message: it goes to the DLQ, the worker goes on."""
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """What one batch produced: rejects (index in the batch, error), InfluxDB lines, payloads
+    to publish, and the tokens (events) whose windows have all closed."""
+
+    rejected: list[tuple[int, Exception]]
+    lines: list[str]
+    alerts: list[Alert]
+    anomalies: list[AnomalyScore]
+    aggregates: list[Aggregate]
+    releasable: list[Any]
+
+
+class BatchStages:
+    """The worker's pure work on one batch (no Kafka, no InfluxDB): ingest, line protocol,
+    windowed aggregates, detection and alerts, and which events may be acknowledged.
+
+    The faust agent below and ``accelpilot bench pipeline`` (its in-process stage figure) run
+    this same code.
+    """
+
+    def __init__(self, w: WorkerSettings, monitor: DeviceMonitor | None = None) -> None:
+        self.monitor = monitor or DeviceMonitor()
+        self.max_future_ns = int(w.max_future_skew_s * 1e9)
+        self.aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
+        self.gate = AckGate(self.aggregators)
+        # A host silent this long (event time) has its open windows closed and its samples
+        # acked.
+        self.idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
+
+    def run(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
+        """``tokens[i]`` (the event of ``raws[i]``) is held until its windows have closed."""
+        lines: list[str] = []
+        aggregates: list[Aggregate] = []
+        accepted: list[HostSample] = []
+        rejected: list[tuple[int, Exception]] = []
+        aggregators, gate = self.aggregators, self.gate
+        for i, raw in enumerate(raws):
+            try:
+                sample = ingest_sample(raw, now_ns, self.max_future_ns)
+            except Exception as e:  # never crash on input: every failure is a dead letter
+                rejected.append((i, e))
+                continue
+            lines += sample_lines(sample)
+            accepted.append(sample)
+            values = sample_values(sample)  # one conversion shared by every window size
+            for aggregator in aggregators:
+                aggregates += aggregator.add(sample, values)
+            gate.hold(sample.host_id, sample.ts_ns, tokens[i])
+        for aggregator in aggregators:
+            aggregates += aggregator.close_idle_hosts(self.idle_s)
+        # Fleet roll-ups need every partition: a downstream stage builds them from host windows.
+        aggregates = [a for a in aggregates if a.scope != "fleet"]
+        lines += aggregate_lines(aggregates)
+        # Detection: the detector ensemble, failure-risk rules and the alert engine.
+        anomalies, alerts = self.monitor.observe_batch(accepted)
+        lines += anomaly_lines(anomalies)
+        lines += alert_lines(alerts)
+        return BatchOutput(rejected, lines, alerts, anomalies, aggregates, gate.releasable())
 
 
 def make_app(settings: Settings) -> faust.App:
@@ -79,70 +150,69 @@ def make_app(settings: Settings) -> faust.App:
     aggregates_topic = raw_topic(AGGREGATES)
     anomalies_topic = raw_topic(ANOMALIES)
     alerts_topic = raw_topic(ALERTS)
-    monitor = DeviceMonitor()
     # Lines InfluxDB refuses (e.g. a field-type conflict) are dead-lettered, not retried.
     sink = InfluxSink(
         settings.influx, on_rejected=send_rejected_lines(dlq_topic, settings.topic(SAMPLES))
     )
-    max_future_ns = int(w.max_future_skew_s * 1e9)
-    aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
-    gate = AckGate(aggregators)
-    # A host silent this long (event time) has its open windows closed and its samples acked.
-    idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
+    stages = BatchStages(w)
+    gate = stages.gate
 
-    async def process_batch(events: Sequence[Any]) -> list[Any]:
-        """Handle one batch; return the events that may be acknowledged now."""
+    async def process_batch(events: Sequence[Any]) -> _Effects:
+        """Handle one batch's CPU work and start its sends; the effects are awaited later."""
         now_ns = time.time_ns()
-        lines: list[str] = []
-        aggregates: list[Aggregate] = []
-        accepted: list[HostSample] = []
+        raws = [e.value if isinstance(e.value, bytes) else bytes(e.value or b"") for e in events]
+        out = stages.run(raws, events, now_ns)
         pending = []
         ack_now = []
-        for event in events:
-            msg = event.message
-            raw: bytes = (
-                event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
-            )
-            try:
-                sample = ingest_sample(raw, now_ns, max_future_ns)
-            except Exception as e:  # never crash on input: every failure is a dead letter
-                err = e if isinstance(e, SchemaError) else _internal_error(e, msg)
-                pending.append(await _send_dead_letter(dlq_topic, msg, raw, err, now_ns))
-                ack_now.append(event)
-                continue
-            lines.extend(sample_lines(sample))
-            accepted.append(sample)
-            for aggregator in aggregators:
-                aggregates.extend(aggregator.add(sample))
-            gate.hold(sample.host_id, sample.ts_ns, event)
-        for aggregator in aggregators:
-            aggregates.extend(aggregator.close_idle_hosts(idle_s))
-        # Fleet roll-ups need every partition: a downstream stage builds them from host windows.
-        aggregates = [a for a in aggregates if a.scope != "fleet"]
-        lines.extend(aggregate_lines(aggregates))
-        # Detection: the detector ensemble, failure-risk rules and the alert engine.
-        anomalies, alerts = monitor.observe_batch(accepted)
-        lines.extend(anomaly_lines(anomalies))
-        lines.extend(alert_lines(alerts))
-        outgoing = [(anomalies_topic, a.host_id, a) for a in anomalies]
-        outgoing += [(alerts_topic, a.host_id, a) for a in alerts]
-        outgoing += [(aggregates_topic, a.host_id or "fleet", a) for a in aggregates]
+        for i, e in out.rejected:
+            event = events[i]
+            err = e if isinstance(e, SchemaError) else _internal_error(e, event.message)
+            pending.append(await _send_dead_letter(dlq_topic, event.message, raws[i], err, now_ns))
+            ack_now.append(event)
+        # Alerts first: nothing queued in front of them in the producer.
+        outgoing = [(alerts_topic, a.host_id, a) for a in out.alerts]
+        outgoing += [(anomalies_topic, a.host_id, a) for a in out.anomalies]
+        outgoing += [(aggregates_topic, a.host_id or "fleet", a) for a in out.aggregates]
+        encode = codec.encode
         for topic, key, payload in outgoing:
-            pending.append(await topic.send(key=key.encode(), value=codec.encode(payload)))
-        for fut in pending:  # dead letters and aggregates delivered (acks=all) before acking
-            await fut
-        await sink.write(lines)
-        return ack_now + gate.releasable()
+            # force: never attach the message to an event (faust would hold it until the ack).
+            pending.append(await topic.send(key=key.encode(), value=encode(payload), force=True))
+        return _Effects(pending, out.lines, ack_now + out.releasable)
+
+    async def commit_effects(effects: asyncio.Queue[_Effects], manual: Any) -> None:
+        """Await each batch's deliveries and InfluxDB write, in batch order, then ack its
+        events. In order, so that when a batch's events are acked every earlier batch's effects
+        (the sample lines of events released now, the windows that released them) have landed."""
+        while True:
+            batch = await effects.get()
+            for fut in batch.pending:  # dead letters and payloads delivered (acks=all)
+                await fut
+            await sink.write(batch.lines)
+            for event in batch.ack:
+                await manual.ack(event)
+            effects.task_done()
 
     @app.agent(samples_topic, name="ingest-samples")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         # Manual acks: an event is acked only once its effects have landed, and a sample only
         # once the aggregate windows containing it are written (streams/acks.py). (`take` and
         # `take_events` ack in a `finally`, i.e. also when the batch's write was cancelled.)
+        # Pipelined: batch N+1 is computed while batch N's sends and write are in flight; at
+        # most IN_FLIGHT_BATCHES wait (back-pressure when InfluxDB or the broker is slow). A
+        # stopped worker drops what is queued unacked: it is read again (at-least-once).
         manual = stream.noack()
-        async for events in manual.noack_take(w.batch_max, within=w.batch_within_s):
-            for event in await process_batch(events):
-                await manual.ack(event)
+        effects: asyncio.Queue[_Effects] = asyncio.Queue(maxsize=IN_FLIGHT_BATCHES)
+        committer = asyncio.ensure_future(commit_effects(effects, manual))
+        try:
+            async for events in manual.noack_take(w.batch_max, within=w.batch_within_s):
+                batch = await process_batch(events)
+                put = asyncio.ensure_future(effects.put(batch))
+                await asyncio.wait([put, committer], return_when=asyncio.FIRST_COMPLETED)
+                if committer.done():  # it only ends by an error: surface it
+                    put.cancel()
+                    committer.result()
+        finally:
+            committer.cancel()
 
     @app.on_after_configured.connect
     def _configured(app: faust.App, **kwargs: Any) -> None:
@@ -175,8 +245,17 @@ async def _send_dead_letter(
 
 
 def _internal_error(e: Exception, msg: Any) -> SchemaError:
-    log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+    log.error("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset, exc_info=e)
     return _InternalError(f"internal-error:{type(e).__name__}", str(e))
+
+
+@dataclass(slots=True)
+class _Effects:
+    """What one batch still has to see land before its events may be acked."""
+
+    pending: list[Any]  # delivery futures (dead letters, aggregates, anomalies, alerts)
+    lines: list[str]  # line protocol for InfluxDB
+    ack: list[Any]  # events to ack once the above landed
 
 
 def _has_lz4() -> bool:

@@ -405,7 +405,7 @@ def _latency(
     progress: Progress,
 ) -> dict[str, Any]:
     """Publish at ``rate`` device-samples/s with ts = send time; measure both latencies."""
-    from kafka import KafkaConsumer
+    from kafka import KafkaConsumer, TopicPartition
 
     hosts, devices = len(per_host), len(per_host[0][0].device_ids)
     url, db = run.influx.url, run.influx.database
@@ -419,14 +419,17 @@ def _latency(
     fault_set = {f"h{h:05d}" for h in range(fault_hosts)}
     probes = [f"h{h:05d}" for h in range(min(max(10, fault_hosts), hosts))]
     markers = probes
-    consumer = KafkaConsumer(
-        run.topic(ALERTS),
-        bootstrap_servers=run.kafka.bootstrap_servers,
-        group_id=f"bench-alerts-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="latest",
-    )
-    while not consumer.assignment():  # subscribed before the first fault
-        consumer.poll(timeout_ms=200)
+    # Partitions assigned by hand (no group join: on a loaded broker a join can take minutes),
+    # positioned at the end before the first fault is sent.
+    consumer = KafkaConsumer(bootstrap_servers=run.kafka.bootstrap_servers)
+    alert_partitions = [
+        TopicPartition(run.topic(ALERTS), p)
+        for p in sorted(consumer.partitions_for_topic(run.topic(ALERTS)) or [])
+    ]
+    consumer.assign(alert_partitions)
+    consumer.seek_to_end()
+    for tp in alert_partitions:
+        consumer.position(tp)
 
     def read_alerts() -> None:
         while not stop.is_set():

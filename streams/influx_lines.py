@@ -5,23 +5,83 @@ sample twice overwrites instead of duplicating: replays after a crash are idempo
 
 Measurement ``device_sample``: tags ``host``, ``device``, ``kind``; one field per reported metric
 (absent metrics are absent fields), plus ``seq`` (int); time = the sample's ``ts_ns``.
+
+Speed: a host's lines differ from tick to tick only in their numbers, so the text around the
+numbers is built once per *layout* (host, devices, kinds, metric names) and cached as one
+``%s`` template. The numbers of a tick are formatted by msgspec's JSON encoder in one C call
+(shortest round-trip text, like ``repr``, ~3x faster; exponents are written ``1e16`` rather
+than ``1e+16``, which line protocol reads the same), split at the commas and dropped into the
+template. A sample with an absent (``None``) value takes the plain per-device path.
 """
 
 from __future__ import annotations
+
+from itertools import chain
+
+import msgspec
 
 from accelpilot.schemas.samples import HostSample
 
 SAMPLE_MEASUREMENT = "device_sample"
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_MAX_TEMPLATES = 100_000  # layouts cached (one per host in a steady fleet)
+_encode = msgspec.json.Encoder().encode
 
 
 def escape_tag(value: str) -> str:
     return value.translate(_TAG_ESCAPES)
 
 
-def sample_lines(sample: HostSample) -> list[str]:
-    """One line per device of the sample; devices with no reported metric still carry ``seq``."""
+def _series(host: str, device: str, kind: str) -> str:
+    return f"{SAMPLE_MEASUREMENT},host={host},device={escape_tag(device)},kind={kind}"
+
+
+class SampleFormatter:
+    """:func:`sample_lines` with the per-layout templates kept between calls."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], str]
+        self._templates = {}
+
+    def lines(self, sample: HostSample) -> list[str]:
+        """One line per device of the sample; devices with no reported metric still carry
+        ``seq``."""
+        return self.text(sample).split("\n") if sample.device_ids else []
+
+    def text(self, sample: HostSample) -> str:
+        """The sample's lines joined by newlines (what the sink sends)."""
+        metrics = sample.metrics
+        columns = list(metrics.values())
+        for column in columns:
+            if None in column:
+                return "\n".join(_plain_lines(sample))
+        key = (sample.host_id, tuple(sample.device_ids), tuple(sample.device_kinds), tuple(metrics))
+        template = self._templates.get(key)
+        if template is None:
+            template = self._templates[key] = self._template(sample)
+        seq, ts = sample.seq, sample.ts_ns
+        # Device-major: (seq, metric values..., ts) per device; float() keeps ints as floats.
+        numbers = list(
+            chain.from_iterable((seq, *map(float, row), ts) for row in zip(*columns, strict=True))
+        ) if columns else [seq, ts] * len(sample.device_ids)  # fmt: skip
+        return template % tuple(_encode(numbers)[1:-1].decode().split(","))
+
+    def _template(self, sample: HostSample) -> str:
+        if len(self._templates) >= _MAX_TEMPLATES:
+            self._templates.clear()
+        if not sample.device_ids:
+            return ""
+        host = escape_tag(sample.host_id)
+        fields = "".join(f",{name}=%s" for name in sample.metrics)
+        template = "\n".join(
+            _series(host, device, kind).replace("%", "%%") + f" seq=%si{fields} %s"
+            for device, kind in zip(sample.device_ids, sample.device_kinds, strict=True)
+        )
+        return template
+
+
+def _plain_lines(sample: HostSample) -> list[str]:
     host = escape_tag(sample.host_id)
     ts = sample.ts_ns
     seq_field = f"seq={sample.seq}i"
@@ -34,8 +94,13 @@ def sample_lines(sample: HostSample) -> list[str]:
             value = column[i]
             if value is not None:
                 fields.append(f"{name}={float(value)!r}")
-        lines.append(
-            f"{SAMPLE_MEASUREMENT},host={host},device={escape_tag(device)},"
-            f"kind={sample.device_kinds[i]} {','.join(fields)} {ts}"
-        )
+        lines.append(f"{_series(host, device, sample.device_kinds[i])} {','.join(fields)} {ts}")
     return lines
+
+
+_default = SampleFormatter()
+
+
+def sample_lines(sample: HostSample) -> list[str]:
+    """One line per device of the sample; devices with no reported metric still carry ``seq``."""
+    return _default.lines(sample)
