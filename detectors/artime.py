@@ -29,7 +29,7 @@ Range: NAB's protocol hands every detector the file's min and max (``inputMin`` 
 ``inputMax`` in ``nab/detectors/base.py``) and ARTime its length (``ARTime.init(inputMin,
 inputMax, length)``); the NAB runner passes them here as ``value_min`` / ``value_max`` /
 ``n_samples`` (docs/detectors.md, "NAB protocol"). Without them (a live stream) the range
-is the min/max of the probation samples widened by half their spread on each side (the
+is the min/max of the probation samples widened by their spread on each side (the
 samples are buffered and replayed once it is known; their scores are 0 either way), and
 later levels are clipped to it.
 
@@ -56,7 +56,7 @@ RHO_UB_CAP = 0.97
 #: Probation period for long (or unknown-length) streams, in raw samples (ARTime's 750).
 LONG_PROBATION = 750
 #: Without a given range: the probation samples' range, widened by this share each side.
-RANGE_MARGIN = 0.5
+RANGE_MARGIN = 1.0
 SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
