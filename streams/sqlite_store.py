@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS action_result (
 CREATE TABLE IF NOT EXISTS event (
     id TEXT PRIMARY KEY, topic TEXT, ts_ns INTEGER, host TEXT, device TEXT, payload BLOB
 );
+CREATE INDEX IF NOT EXISTS event_topic_ts ON event (topic, ts_ns);
+CREATE INDEX IF NOT EXISTS action_ts ON action (ts_ns);
 CREATE TABLE IF NOT EXISTS aggregate (
     scope TEXT NOT NULL, key TEXT NOT NULL, window_s REAL NOT NULL,
     window_start_ns INTEGER NOT NULL, host TEXT, sample_count INTEGER, gap_count INTEGER,
