@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from accelpilot.console.app import create_app
-from accelpilot.console.auth import Auth
+from accelpilot.console.auth import Auth, parse_tokens
 from accelpilot.console.server import ConsoleServer
 from accelpilot.console.source import SqliteSource
 from accelpilot.demo import Demo, load_demo_scenario
@@ -43,6 +43,20 @@ def free_port() -> int:
 
 @pytest.fixture
 def live_console(tmp_path: Path) -> Iterator[LiveConsole]:
+    yield from serve(tmp_path, Auth.for_bind("127.0.0.1", ""))
+
+
+#: Tokens of the "exposed" console (served on loopback, but with token checks on, as when bound
+#: to another address: Auth.for_bind would demand them there).
+TOKENS = "alice:operator:op-secret-1,wall:viewer:view-secret-1"
+
+
+@pytest.fixture
+def exposed_console(tmp_path: Path) -> Iterator[LiveConsole]:
+    yield from serve(tmp_path, Auth(required=True, tokens=parse_tokens(TOKENS)))
+
+
+def serve(tmp_path: Path, auth: Auth) -> Iterator[LiveConsole]:
     demo = Demo(load_demo_scenario(None), tmp_path, speed=1 / TICK_PERIOD_S, mode="advise")
     for _ in range(15):  # some history before the page opens
         demo.step()
@@ -56,7 +70,7 @@ def live_console(tmp_path: Path) -> Iterator[LiveConsole]:
     ticker = threading.Thread(target=loop, name="demo-ticks", daemon=True)
     ticker.start()
     server = ConsoleServer(
-        create_app(demo, SqliteSource(demo.store), Auth.for_bind("127.0.0.1", "")),
+        create_app(demo, SqliteSource(demo.store), auth),
         "127.0.0.1",
         free_port(),
     )

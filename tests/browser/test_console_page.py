@@ -125,3 +125,26 @@ def test_fleet_budget_slider_bounds_the_sum_of_caps(live_console: LiveConsole, p
     wait_for(lambda: state(page, "S.status.budget_w") == 15000, what="the budget")
     assert live_console.demo.fleet.caps_w.sum() <= 15000 + 36
     assert page.locator("#h-budget").inner_text() == "15000 W"
+
+
+def test_an_exposed_console_asks_for_a_token_and_a_viewer_cannot_act(
+    exposed_console: LiveConsole, page: Any
+) -> None:
+    page.goto(exposed_console.url)
+    bar = page.locator("#token-bar")
+    wait_for(lambda: bar.is_visible(), what="the token prompt")
+    assert page.locator("#conn").inner_text() == "token needed"
+    assert page.locator("#inventory tbody tr").count() == 0  # nothing without a token
+    page.locator("#token-input").fill("view-secret-1")
+    page.locator("#token-save").click()
+    rows = page.locator("#inventory tbody tr")
+    wait_for(lambda: rows.count() == 36, what="the inventory with a viewer token")
+    wait_for(lambda: state(page, "S.status && S.status.you.role") == "viewer", what="status")
+    demo = exposed_console.demo
+    caps = demo.fleet.caps_w.copy()
+    page.locator("#cap-slider").fill("300")
+    wait_for(
+        lambda: "has the viewer role" in page.locator("#toast").inner_text(),
+        what="the refusal",
+    )
+    assert (demo.fleet.caps_w == caps).all() and demo.results == []
