@@ -11,7 +11,7 @@ import doctest
 import numpy as np
 import pytest
 
-from accelpilot.detectors import base, calibrate, threshold
+from accelpilot.detectors import artime, base, calibrate, threshold
 from accelpilot.detectors.base import Detector
 from accelpilot.detectors.registry import detector_names, make_detector
 
@@ -241,5 +241,5 @@ def test_inputs_are_checked() -> None:
 
 
 def test_doctests_pass() -> None:
-    for module in (base, calibrate, threshold):
+    for module in (base, calibrate, threshold, artime):
         assert doctest.testmod(module).failed == 0, module.__name__
