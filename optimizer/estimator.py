@@ -60,6 +60,10 @@ class CurveEstimator:
             [deque(maxlen=HISTORY) for _ in range(n_d)] for _ in range(n_s)
         ]
         self.est = [StreamEstimate(0.8, 0.25, False, 0) for _ in range(n_s)]
+        # Efficiency per (stream, device): a device shared by two streams must not carry one
+        # stream's fitting error into the other's predictions. ``eff`` (per device, what the
+        # solver uses) is the lowest of its streams' current values: the cautious side.
+        self.eff_sd = np.ones((n_s, n_d))
         self.eff = np.ones(n_d)
         self._anchor: list[list[deque[tuple[float, float, float, float, int]]]] = [
             [deque(maxlen=6) for _ in range(n_d)] for _ in range(n_s)
@@ -119,12 +123,14 @@ class CurveEstimator:
             self._hist[stream][device].clear()
             self._anchor[stream][device].clear()
             self._strikes[stream, device] = 0
+            self.eff_sd[stream, device] = 1.0
 
     def _forget_stream(self, stream: int) -> None:
         for d in np.flatnonzero(self.facts.membership[stream]):
             self._hist[stream][d].clear()
             self._anchor[stream][d].clear()
             self._strikes[stream, d] = 0
+        self.eff_sd[stream] = 1.0
         self.est[stream].fitted = False
         self.est[stream].n_obs = 0
         self._dirty[stream] = True
@@ -134,7 +140,7 @@ class CurveEstimator:
         e = self.est[stream]
         dyn = f.tdp_w[device] - f.idle_w[device]
         x = min(1.0, max(cap_w - f.idle_w[device], 0.0) / (e.util * dyn))
-        return float(f.peak_rate[device] * self.eff[device] * e.util * x**e.beta)
+        return float(f.peak_rate[device] * self.eff_sd[stream, device] * e.util * x**e.beta)
 
     def refit(self, prior_beta: Array | None = None) -> None:
         for s in np.flatnonzero(self._dirty):
@@ -200,4 +206,13 @@ class CurveEstimator:
         eff = np.exp(icpt[i])
         for j, d in enumerate(uniq):
             if cnt[j] > 0:
-                self.eff[d] = float(np.clip(eff[j], 0.3, 1.05))
+                self.eff_sd[s, d] = float(np.clip(eff[j], 0.3, 1.05))
+        self._update_eff()
+
+    def _update_eff(self) -> None:
+        f = self.facts
+        has = np.array(
+            [[len(self._hist[s][d]) > 0 for d in range(f.n_devices)] for s in range(f.n_streams)]
+        )
+        self.eff = np.where(has, self.eff_sd, np.inf).min(axis=0)
+        self.eff = np.where(np.isfinite(self.eff), self.eff, 1.0)

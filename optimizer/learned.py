@@ -31,6 +31,11 @@ Array = NDArray[np.float64]
 Mask = NDArray[np.bool_]
 
 _UNSET = object()
+MARGIN_STEP = 0.01  # added to a stream's SLO margin each time its guard trips
+MARGIN_MAX = 0.04  # most extra margin
+MARGIN_DECAY = 0.99  # per tick, of the extra margin
+WAKE_GAIN = 0.03  # relative J/unit gain that makes waking a parked device worth it
+RECENT_DECAY = 0.998  # per tick: the remembered demand peak halves in ~350 ticks
 
 
 class LearnedPolicy:
@@ -53,6 +58,10 @@ class LearnedPolicy:
         self.estimator = CurveEstimator(facts)
         self.safety = SafetyEnvelope(facts, safety)
         self.slo_margin = slo_margin
+        # Per stream: the SLO margin grows when the guard trips (the model was too optimistic
+        # there) and decays back over a few hundred quiet ticks.
+        self._margin = np.full(facts.n_streams, slo_margin)
+        self._recent_demand = np.zeros(facts.n_streams)
         self.headroom = headroom
         self.max_configs = max_configs
         # False where load weights do not reach the workload (the live sim agents publish them
@@ -83,6 +92,11 @@ class LearnedPolicy:
         if tel is not None:
             self._ingest(obs)
         self.safety.observe(obs, self._uncapped_estimate(tel))
+        self._recent_demand = np.maximum(obs.demand_rate, self._recent_demand * RECENT_DECAY)
+        excess = (self._margin - self.slo_margin) * MARGIN_DECAY
+        self._margin = self.slo_margin + np.where(
+            self.safety.short, np.minimum(MARGIN_MAX, excess + MARGIN_STEP), excess
+        )
         if tel is None:
             raw = Controls(
                 caps_w=f.tdp_w.copy(),
@@ -169,7 +183,8 @@ class LearnedPolicy:
         waking = (self._wake_left_s > 0) & ~self._parked
         cap_full = self._capacity(util, beta, eff, np.where(throttled, f.min_cap_w, f.tdp_w))
         uncapped = (cap_full * ~off[None, :]).sum(axis=1)
-        slo = np.minimum(obs.demand_rate, uncapped) / f.max_slowdown * (1 + self.slo_margin)
+        slo = np.minimum(obs.demand_rate, uncapped) / f.max_slowdown * (1 + self._margin)
+        slo = np.minimum(slo, obs.demand_rate)  # a margin never asks for more than the demand
         return TickModel(
             util=util,
             beta=beta,
@@ -209,10 +224,12 @@ class LearnedPolicy:
         model = self._model(obs)
         # Wake parked devices when the awake capacity cannot absorb a demand rise.
         full = self._capacity(model.util, model.beta, model.rate_factor, f.tdp_w)
-        need = self.headroom * obs.demand_rate
+        # Headroom over the recent demand, not only today's: a stream that went quiet (a job
+        # between phases, a serving lull) tends to come back, and waking takes wake_s.
+        need = self.headroom * np.maximum(obs.demand_rate, self._recent_demand)
         usable = ~model.down & ~model.parked
         wake = model.parked & f.membership[self._unknown_streams(obs)].any(axis=0)
-        for s in np.flatnonzero(obs.demand_rate > 0):
+        for s in np.flatnonzero(need > 0):
             have = float((full[s] * (usable | (self._wake_left_s > 0))).sum())
             for d in np.argsort(-full[s]):
                 if have >= need[s]:
@@ -235,8 +252,26 @@ class LearnedPolicy:
             return self._caps_for_even_shares(obs, model)
         plan = self._plan(model)
         park = plan.standby.copy()
+        # Wake parked devices the tick's optimum would use if they were awake, when that is
+        # clearly better (the oracle does this with its schedule; here it is a rule of thumb).
+        if model.parked.any():
+            alt = self._plan(
+                TickModel(
+                    util=model.util,
+                    beta=model.beta,
+                    demand_rate=model.demand_rate,
+                    slo_rate=model.slo_rate,
+                    rate_factor=model.rate_factor,
+                    fixed_cap_w=model.fixed_cap_w,
+                    down=model.down,
+                    parked=np.zeros(f.n_devices, dtype=bool),
+                )
+            )
+            want = model.parked & (alt.assign >= 0)
+            if want.any() and alt.j_per_unit < plan.j_per_unit * (1.0 - WAKE_GAIN):
+                park &= ~want
         # Keep enough awake capacity (headroom) among devices the plan would park.
-        for s in np.flatnonzero(obs.demand_rate > 0):
+        for s in np.flatnonzero(need > 0):
             awake = ~park & ~model.down | (model.down & (self._wake_left_s > 0)) | wake
             have = float((full[s] * awake).sum())
             for d in np.argsort(-full[s]):

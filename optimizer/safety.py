@@ -56,6 +56,7 @@ class SafetyEnvelope:
         self._xid = np.full(n, np.nan)
         self._demand_prev: Array | None = None
         self.interventions = 0
+        self.short: Mask = np.zeros(facts.n_streams, dtype=bool)  # guard tripped this tick
 
     @property
     def anomalous(self) -> Mask:
@@ -87,6 +88,7 @@ class SafetyEnvelope:
             )
             need = want / f.max_slowdown * (1.0 + cfg.slo_margin)
             short = delivered < need * (1 - 1e-9)
+            self.short = short
             self._backoff_left = np.where(short, cfg.backoff_ticks, self._backoff_left)
         self._demand_prev = obs.demand_rate
 
