@@ -31,8 +31,10 @@ Savings: measured energy against an adjusted baseline
       a much quieter one understates them.
 
     The baselines are kept in a small JSON file in the worker's data directory (written when
-    they change), so a restarted worker keeps them. A replayed window overwrites its own
-    baseline entry and its own point (same series and time): replays are idempotent.
+    they change), so a restarted worker keeps them; they do not move with a host whose
+    partition a rebalance gives to another worker (that host then has no savings points there).
+    A replayed window overwrites its own baseline entry and its own point (same series and
+    time): replays are idempotent.
 
 Ordering: results are joined to their actions by id. The actuator publishes a result after it
 read the action, so the action is normally known; a result whose action is unknown waits (up to
