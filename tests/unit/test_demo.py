@@ -130,3 +130,30 @@ def test_demo_serves_the_console_while_it_runs(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{port}" in out and "not built yet" not in out
+
+
+def test_the_clock_runs_on_when_the_scenario_wraps_around(tmp_path: Path) -> None:
+    import json
+    from importlib import resources
+
+    import numpy as np
+
+    bundled = resources.files("accelpilot.optimizer") / "scenarios" / "demo-fleet.json"
+    doc = json.loads(bundled.read_text())
+    doc["duration_s"] = 20
+    doc["faults"] = [f for f in doc["faults"] if f["at_s"] + f["duration_s"] < 20]
+    path = tmp_path / "short.json"
+    path.write_text(json.dumps(doc))
+    demo = Demo(load_demo_scenario(path), tmp_path, speed=1000)
+    for _ in range(45):
+        demo.step()
+    ts = [
+        r[0]
+        for r in demo.store.query(
+            "SELECT ts_ns FROM device_sample WHERE device = 'node0/gpu0' ORDER BY ts_ns"
+        )
+    ]
+    assert len(ts) == 45 and np.allclose(np.diff(ts), 1e9)  # nothing overwritten
+    assert demo.pipeline.counts.dead_letters == 0
+    assert demo.fleet.sim.seed == demo.scenario.seed + 2 and demo.score.ticks == 45
+    assert demo.shadow.sim.seed == demo.fleet.sim.seed
