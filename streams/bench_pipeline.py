@@ -16,6 +16,11 @@ Phases, all in one run, each on its own topics and database (removed at the end)
    ``fleet.alerts`` (``alert.ts_ns`` is the triggering sample's stamp).
 4. **Naive design.** One JSON Kafka message per metric per device, one influxdb-client ``Point``
    per message (``streams/bench_naive.py``), measured the same way as phase 1.
+5. **Floors**, to say where the time goes: ``stages`` = the worker's pure per-batch code
+   (:class:`~accelpilot.streams.app.BatchStages`, payload encoding included) in this process per
+   CPU second, no Kafka, no InfluxDB; ``faust_noop`` = a faust agent that only acks (same
+   ``noack_take`` batching) draining the same backlog, in its own process; ``aiokafka_getmany`` =
+   the same backlog read by a bare aiokafka consumer in this process.
 
 All processes share this machine's cores (broker, InfluxDB, worker, this process): the figures
 include that contention and ``loadavg`` is reported alongside.
@@ -328,6 +333,16 @@ def bench_pipeline(
                 1,
             ),
         }
+        # -- phase 5: floors
+        result["floors"] = {
+            "stages": _stages(run, per_host),
+            "faust_noop": _faust_noop(run, tmp, len(messages), devices, timeout_s),
+            "aiokafka_getmany": _aiokafka_getmany(run, len(messages), devices),
+        }
+        progress(
+            "floors (device-samples/s): "
+            + ", ".join(f"{k} {v.get('device_samples_per_s')}" for k, v in result["floors"].items())
+        )
         result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         result["goal"] = {
             "device_samples_per_s_per_worker": 100_000,
@@ -392,6 +407,160 @@ def _influx_alone(
     finally:
         client.close()
     return {"device_samples": len(lines), "device_samples_per_s": round(len(lines) / dt, 1)}
+
+
+def _stages(run: Settings, per_host: list[list[HostSample]]) -> dict[str, Any]:
+    """The worker's pure per-batch code over the backlog's messages, per CPU second."""
+    from accelpilot.streams.app import BatchStages
+
+    ticks, devices = len(per_host[0]), len(per_host[0][0].device_ids)
+    raws = [codec.encode(per_host[h][k]) for k in range(ticks) for h in range(len(per_host))]
+    stages = BatchStages(run.worker)
+    batch = run.worker.batch_max
+    now_ns = time.time_ns()
+    payloads = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(raws), batch):
+        chunk = raws[i : i + batch]
+        out = stages.run(chunk, chunk, now_ns)
+        payloads += sum(
+            len(codec.encode(p)) > 0 for p in (*out.alerts, *out.anomalies, *out.aggregates)
+        )
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    n = len(raws) * devices
+    return {
+        "device_samples": n,
+        "payloads": payloads,
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 3),
+        "device_samples_per_s": round(n / cpu, 1),
+        "cpu_s_per_million": round(cpu / n * 1e6, 2),
+        "note": "per CPU second of this process (a loaded machine inflates wall time)",
+    }
+
+
+def _faust_noop(
+    run: Settings, tmp: Path, events: int, devices: int, timeout_s: float
+) -> dict[str, Any]:
+    """A faust agent that only acks, draining the samples backlog (its own consumer group)."""
+    out = tmp / "faust_noop.json"
+    log = tmp / "faust_noop.log"
+    proc = _spawn(
+        [
+            *(sys.executable, "-m", "accelpilot.streams.bench_pipeline", "faust-noop"),
+            *("--bootstrap", run.kafka.bootstrap_servers, "--topic", run.topic(SAMPLES)),
+            *("--events", str(events), "--partitions", str(run.kafka.partitions)),
+            *("--batch", str(run.worker.batch_max), "--within", str(run.worker.batch_within_s)),
+            *("--datadir", str(tmp / "faust_noop"), "--out", str(out)),
+        ],
+        log,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        _stop(proc)
+    if not out.exists():
+        return {"error": log.read_text()[-1000:]}
+    fig = msgspec.json.decode(out.read_bytes())
+    fig["device_samples_per_s"] = round(fig["events_per_s"] * devices, 1)
+    return dict(fig)
+
+
+def _faust_noop_main(argv: list[str]) -> None:
+    import argparse
+    import json
+
+    import faust
+    from faust.worker import Worker
+
+    p = argparse.ArgumentParser(prog="bench_pipeline faust-noop")
+    for name in ("--bootstrap", "--topic", "--datadir", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--events", type=int, required=True)
+    p.add_argument("--partitions", type=int, required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--within", type=float, required=True)
+    args = p.parse_args(argv)
+    app = faust.App(
+        f"bench-noop-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{args.bootstrap}",
+        store="memory://",
+        datadir=args.datadir,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=args.partitions,
+        stream_wait_empty=False,
+    )
+    topic = app.topic(
+        args.topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    state: dict[str, float] = {"n": 0}
+
+    @app.agent(topic)
+    async def noop(stream: Any) -> None:
+        manual = stream.noack()
+        async for events in manual.noack_take(args.batch, within=args.within):
+            if "t0" not in state:
+                state["t0"], state["c0"] = time.perf_counter(), time.process_time()
+            for event in events:
+                await manual.ack(event)
+            state["n"] += len(events)
+            if state["n"] >= args.events:
+                wall = time.perf_counter() - state["t0"]
+                cpu = time.process_time() - state["c0"]
+                fig = {
+                    "events": state["n"],
+                    "wall_s": round(wall, 3),
+                    "events_per_s": round(state["n"] / wall, 1),
+                    "cpu_us_per_event": round(cpu / state["n"] * 1e6, 1),
+                    "cpu_utilization": round(cpu / wall, 3),
+                }
+                Path(args.out).write_text(json.dumps(fig))
+                return
+
+    Worker(app, loglevel="warning").execute_from_commandline()
+
+
+def _aiokafka_getmany(run: Settings, events: int, devices: int) -> dict[str, Any]:
+    """The samples backlog read by a bare aiokafka consumer (its own group), this process."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def drain() -> dict[str, Any]:
+        consumer = AIOKafkaConsumer(
+            run.topic(SAMPLES),
+            bootstrap_servers=run.kafka.bootstrap_servers,
+            group_id=f"bench-getmany-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            seen, n, t0, c0 = 0, 0, 0.0, 0.0
+            deadline = time.monotonic() + 120
+            while seen < events and time.monotonic() < deadline:
+                got = await consumer.getmany(timeout_ms=200, max_records=5000)
+                k = sum(len(v) for v in got.values())
+                if k and not seen:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                else:
+                    n += k
+                seen += k
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            await consumer.stop()
+        return {
+            "events": n,
+            "events_per_s": round(n / wall, 1),
+            "device_samples_per_s": round(n * devices / wall, 1),
+            "cpu_us_per_event": round(cpu / max(n, 1) * 1e6, 1),
+            "note": "timed from the first fetched batch (its events are not counted as work)",
+        }
+
+    return asyncio.run(drain())
 
 
 def _latency(
@@ -462,13 +631,38 @@ def _latency(
                     last = max(last, ts)
             time.sleep(0.02)
 
+    # Warm-up: one tick of every host stamped now. It closes every window left open by the
+    # backlog (a burst of aggregates); timing starts once its marker point is visible, so the
+    # latencies are those of the steady state, not of that burst.
+    warm_ns = time.time_ns()
+    for h in range(hosts):
+        s = msgspec.structs.replace(per_host[h][-1], ts_ns=warm_ns, seq=len(per_host[h]))
+        producer.send(topic, key=s.host_id.encode(), value=codec.encode(s))
+    producer.flush(timeout=60)
+    t_warm = time.monotonic()
+    while time.monotonic() - t_warm < 300:
+        body = influxql(
+            url,
+            f"SELECT seq FROM device_sample WHERE host = '{per_host[hosts - 1][0].host_id}' "
+            f"AND time >= {warm_ns}",
+            db,
+        )
+        if body["results"][0].get("series"):
+            break
+        if worker.poll() is not None:
+            raise RuntimeError("the worker exited during the latency warm-up")
+        time.sleep(0.1)
+    warmup_s = time.monotonic() - t_warm
+    progress(f"latency warm-up (windows left by the backlog closed) took {warmup_s:.1f}s")
+    t_start_ns = time.time_ns()
+
     threads = [threading.Thread(target=f, daemon=True) for f in (read_alerts, poll_influx)]
     for t in threads:
         t.start()
     # Probe hosts (markers + fault hosts) tick every PROBE_INTERVAL_S whatever the load, so the
     # latencies have enough samples; the rest of the fleet fills the offered rate round-robin.
     ticks = len(per_host[0])
-    seq = [ticks] * hosts
+    seq = [ticks + 1] * hosts
     n_probe = len(probes)
     bg = list(range(n_probe, hosts))
     bg_per_s = max(msgs_per_s - n_probe / PROBE_INTERVAL_S, 1.0)
@@ -518,6 +712,7 @@ def _latency(
     achieved = sent * devices / elapsed
     progress(f"latency phase: {achieved:.0f} device-samples/s offered, {len(alert_lat)} alerts")
     return {
+        "warmup_s": round(warmup_s, 2),
         "target_device_samples_per_s": round(rate, 1),
         "offered_device_samples_per_s": round(achieved, 1),
         "duration_s": round(elapsed, 2),
@@ -534,3 +729,10 @@ def _latency(
             "note": "thermal alert ts_ns (the triggering sample) to arrival on fleet.alerts",
         },
     }
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["faust-noop"]:
+        _faust_noop_main(sys.argv[2:])
+    else:
+        raise SystemExit("usage: python -m accelpilot.streams.bench_pipeline faust-noop ...")

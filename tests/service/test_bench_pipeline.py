@@ -54,6 +54,9 @@ def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
         for q in ("p50", "p99"):
             assert fig[q] is None or _number(fig[q]), (kind, q, fig[q])
     assert r["latency"]["sample_to_influx_ms"]["n"] > 0
+    assert r["latency"]["sample_to_alert_ms"]["n"] > 0  # the injected thermal faults alerted
+    for floor in ("stages", "faust_noop", "aiokafka_getmany"):
+        assert _number(r["floors"][floor]["device_samples_per_s"]), (floor, r["floors"][floor])
     assert isinstance(r["goal"]["met_throughput"], bool)
     assert isinstance(r["limit"], str)
     # Its databases are gone afterwards.
