@@ -639,6 +639,20 @@ def detect_nab(
     run_nab(data, out, detector or DEFAULT_DETECTOR)
 
 
+@detect_app.command("train-failure")
+def detect_train_failure(
+    out: Annotated[
+        Path | None, typer.Option(help="Model JSON (default: the shipped detectors/weights).")
+    ] = None,
+) -> None:
+    """Train the learned failure model on simulated fault traces; print held-out metrics."""
+    from accelpilot.detectors.failure_train import SHIPPED_PATH, markdown_table, train
+
+    record = train(out or SHIPPED_PATH)
+    typer.echo(json.dumps(record, indent=1))
+    typer.echo(markdown_table(record["held_out"]))
+
+
 def main() -> None:
     try:
         app()

@@ -65,6 +65,29 @@ Sources: [xid] https://docs.nvidia.com/deploy/xid-errors/ ;
 errors in the wild: a large-scale field study", SIGMETRICS 2009 ; DCGM health watches
 (``DCGM_HEALTH_WATCH_MEM``, ``_THERMAL``, ``_NVLINK``).
 
+Learned model. Next to the rules, :class:`FailureRisk` keeps streaming features per device
+(:mod:`~accelpilot.detectors.failure_features`: EW windows of ECC rates and their slope,
+retired-page / row-remap and XID counts, temperature level, slope and distance to host peers,
+throttle-reason fractions, gaps) and scores them with the shipped logistic model
+(:mod:`~accelpilot.detectors.failure_model`, trained on simulated fault traces by
+:mod:`~accelpilot.detectors.failure_train`; measured in docs/detectors.md, "Learned failure
+model"). With the model the device's risk is ``max(known-fatal rules, model)``:
+
+- the *known-fatal* rules (``xid``, ``ecc_uncorrected``, ``retired_pages``, ``remapped_rows``,
+  ``silent``, ``fault_event``) combine as above and still fire at once with their documented
+  weights: the training traces never show these signals before a failure, so the model has
+  nothing to say about them;
+- the *trend* rules (``ecc_corrected_rate``, ``thermal``, ``throttle_hw``,
+  :data:`MODEL_SUPERSEDES`) are replaced by the model, which was trained on exactly those
+  signals and tells a recurring pattern that precedes a failure from an isolated, benign
+  episode (on their own these rules cannot reach the 0.5 alert threshold; together, on one
+  benign storm with a throttle, they did: the false alarms the model removes). They still show
+  in the evidence.
+
+The model's probability counts only above its ``floor`` (so a healthy device's risk stays 0)
+and shows in the evidence as ``("model", p)``. ``FailureRisk(..., model=None)`` is the rules
+alone, all of them.
+
 Time is *logical*: each sample advances its devices by ``interval_s`` times the number of
 intervals since the previous sample (at least one), so a replay at any speed gives the same
 risks. Counters that go down (driver reload) rebase without counting. Strictly streaming:
@@ -83,12 +106,15 @@ risks. Counters that go down (driver reload) rebase without counting. Strictly s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 
 from accelpilot.detectors.base import BoolArray, FloatArray
+from accelpilot.detectors.failure_features import FailureFeatures
+from accelpilot.detectors.failure_model import FailureModel, shipped
+from accelpilot.errors import ConfigError
 from accelpilot.schemas.samples import DeviceEvent, HostSample
 
 #: XID code -> weight (see the module docstring for each code's meaning).
@@ -170,6 +196,9 @@ _REMEMBERED = np.array(
     ]
 )
 _REMEMBERED_IDX = np.flatnonzero(_REMEMBERED)
+#: Trend rules whose signals the learned model was trained on: with the model, it replaces them.
+MODEL_SUPERSEDES: tuple[str, ...] = ("ecc_corrected_rate", "thermal", "throttle_hw")
+_FATAL = np.array([r not in MODEL_SUPERSEDES for r in RULES])
 _COUNTERS = ("ecc_corrected_total", "ecc_uncorrected_total", "retired_pages_total",
              "remapped_rows_total")  # fmt: skip
 
@@ -207,7 +236,7 @@ def parse_events(events: Sequence[DeviceEvent], pos: dict[str, int], n: int) -> 
 
 
 class _State(msgspec.Struct, kw_only=True):
-    v: int = 1
+    v: int = 2
     device_ids: list[str]
     host_ids: list[str]
     level: list[list[float]]
@@ -219,6 +248,14 @@ class _State(msgspec.Struct, kw_only=True):
     silent: list[int]
     last_ts_ns: dict[str, int]
     params: dict[str, float]
+    #: v2: the learned model (its JSON document; None = rules only), its features and risks.
+    model: dict[str, Any] | None = None
+    features: bytes | None = None
+    model_risk: list[float] | None = None
+
+
+#: ``FailureRisk(model=...)`` default: the model shipped in ``detectors/weights``.
+SHIPPED_MODEL = "shipped"
 
 
 class FailureRisk:
@@ -232,6 +269,8 @@ class FailureRisk:
         temp_limit_c: slowdown temperature (``thermal`` is 1 at it).
         thermal_alpha: EWMA weight per sample of the thermal and throttle history.
         silent_intervals: samples of silence (host reporting) before ``silent`` counts.
+        model: the learned model combined with the rules (``max``): ``"shipped"`` (default),
+            a :class:`~accelpilot.detectors.failure_model.FailureModel`, or None (rules only).
     """
 
     def __init__(
@@ -244,6 +283,7 @@ class FailureRisk:
         temp_limit_c: float = 90.0,
         thermal_alpha: float = 0.05,
         silent_intervals: int = 3,
+        model: FailureModel | str | None = SHIPPED_MODEL,
     ) -> None:
         self.horizon_s = float(horizon_s)
         self.ecc_rate_bound_per_min = float(ecc_rate_bound_per_min)
@@ -251,6 +291,18 @@ class FailureRisk:
         self.temp_limit_c = float(temp_limit_c)
         self.thermal_alpha = float(thermal_alpha)
         self.silent_intervals = int(silent_intervals)
+        if isinstance(model, str):
+            if model != SHIPPED_MODEL:
+                raise ConfigError(
+                    f"FailureRisk(model={model!r}): use {SHIPPED_MODEL!r}, a FailureModel "
+                    "(FailureModel.load(path)) or None for the rules alone"
+                )
+            model = shipped()
+        self.model: FailureModel | None = model
+        self.features = FailureFeatures(0, temp_limit_c=self.temp_limit_c)
+        self.model_risk = np.zeros(0)
+        self._host_code = np.zeros(0, np.int64)
+        self._host_codes: dict[str, int] = {}
         self.weights = np.array([WEIGHTS[r] for r in RULES])
         self.device_ids: list[str] = []
         self.index: dict[str, int] = {}
@@ -284,6 +336,11 @@ class FailureRisk:
             self.index[d] = len(self.device_ids)
             self.device_ids.append(d)
             self.host_ids.append(host_id)
+        self._host_code = np.concatenate(
+            [self._host_code, np.array([self._code(host_id)] * k, np.int64)]
+        )
+        self.features.add_rows(k)
+        self.model_risk = np.concatenate([self.model_risk, np.zeros(k)])
         n_r = len(RULES)
         self.level = np.concatenate([self.level, np.zeros((k, n_r))])
         self.value = np.concatenate([self.value, np.zeros((k, n_r))])
@@ -299,6 +356,13 @@ class FailureRisk:
         self._rows.clear()
         self._host_rows.clear()
 
+    def _code(self, host_id: str) -> int:
+        return self._host_codes.setdefault(host_id, len(self._host_codes))
+
+    def _set_host(self, row: int, host_id: str) -> None:
+        self.host_ids[row] = host_id
+        self._host_code[row] = self._code(host_id)
+
     def _rows_for(self, sample: HostSample) -> tuple[np.ndarray, np.ndarray]:
         """(rows of the sample's devices, rows of every known device of the host)."""
         key = tuple(sample.device_ids)
@@ -308,7 +372,7 @@ class FailureRisk:
             rows = np.array([self.index[d] for d in key], np.int64)
             for r in rows.tolist():
                 if not self.host_ids[r]:
-                    self.host_ids[r] = sample.host_id
+                    self._set_host(r, sample.host_id)
             self._rows[key] = rows
             self._host_rows.pop(sample.host_id, None)
         host_rows = self._host_rows.get(sample.host_id)
@@ -367,7 +431,7 @@ class FailureRisk:
         for d in device_ids:
             r = self.index[d]
             if not self.host_ids[r]:
-                self.host_ids[r] = host_id
+                self._set_host(r, host_id)
         return np.array([self.index[d] for d in device_ids], np.int64)
 
     def update_rows(
@@ -446,6 +510,25 @@ class FailureRisk:
         sil_level = np.where(sil >= n_s, np.minimum(sil / (2.0 * n_s), 1.0), 0.0)
         self._remember(rows, "silent", sil_level, sil.astype(float))
 
+        # Learned model: features over the same readings, then its risk.
+        xid_count = events.xid_code > 0
+        for app_code in XID_APP_LEVEL:  # application-level XIDs are not device wear
+            xid_count &= events.xid_code != app_code
+        self.features.update_rows(
+            rows,
+            self._host_code[rows],
+            reporting,
+            temp,
+            mask,
+            np.stack([ecc_corr, unc, pages, remaps], axis=1),
+            events.xid_level,
+            xid_count.astype(float),
+            n_int,
+            dt_s,
+        )
+        if self.model is not None:
+            self.model_risk[rows] = self.model.risk(self.features.features(rows))
+
     def _set(self, rows: np.ndarray, rule: str, level: FloatArray, value: FloatArray) -> None:
         j = _R[rule]
         self.level[rows, j] = level
@@ -459,8 +542,18 @@ class FailureRisk:
         self.value[rows, j] = np.where(hit & (level > 0), value, self.value[rows, j])
 
     def risk(self) -> FloatArray:
-        """Current risk per device, ``(n_devices,)`` in ``[0, 1]``."""
-        return 1.0 - np.prod(1.0 - self.weights * np.clip(self.level, 0.0, 1.0), axis=1)
+        """Current risk per device, ``(n_devices,)`` in ``[0, 1]``: the rules alone, or
+        ``max(known-fatal rules, model)`` (see the module docstring)."""
+        if self.model is None:
+            return self.rules_risk()
+        return np.maximum(self.rules_risk(fatal_only=True), self.model_risk)
+
+    def rules_risk(self, *, fatal_only: bool = False) -> FloatArray:
+        """The rules' risk (independent evidence); ``fatal_only``: without
+        :data:`MODEL_SUPERSEDES`."""
+        lv = np.clip(self.level, 0.0, 1.0)
+        w = self.weights * _FATAL if fatal_only else self.weights
+        return 1.0 - np.prod(1.0 - w * lv, axis=1)
 
     def evidence(self, rows: Sequence[int] | None = None, floor: float = 1e-3) -> list:
         """``[(rule, value), ...]`` per device (or per ``rows``) for rules above ``floor``."""
@@ -470,6 +563,10 @@ class FailureRisk:
         for i, j in np.argwhere(sub > floor).tolist():
             r = i if rows is None else rows[i]
             out[i].append((RULES[j], float(self.value[r, j])))
+        if self.model is not None:
+            m = self.model_risk if rows is None else self.model_risk[np.asarray(rows, np.int64)]
+            for i in np.flatnonzero(m > floor).tolist():
+                out[i].append(("model", round(float(m[i]), 3)))
         return out
 
     # -- state -------------------------------------------------------------------------------
@@ -496,6 +593,10 @@ class FailureRisk:
                     "thermal_alpha": self.thermal_alpha,
                     "silent_intervals": self.silent_intervals,
                 },
+                # The model's numbers without its training record (kept small).
+                model=None if self.model is None else {**self.model.to_dict(), "record": {}},
+                features=self.features.get_state(),
+                model_risk=self.model_risk.tolist(),
             )
         )
 
@@ -511,6 +612,10 @@ class FailureRisk:
             temp_limit_c=p["temp_limit_c"],
             thermal_alpha=p["thermal_alpha"],
             silent_intervals=int(p["silent_intervals"]),
+            # A v1 checkpoint predates the model: it gets the shipped one.
+            model=SHIPPED_MODEL
+            if s.v < 2
+            else (None if s.model is None else FailureModel.from_dict(s.model, "checkpoint")),
         )
         for d, h in zip(s.device_ids, s.host_ids, strict=True):
             obj.add_devices([d], h)
@@ -524,4 +629,8 @@ class FailureRisk:
         obj.throttle = np.array(s.throttle, dtype=np.float64)
         obj.silent = np.array(s.silent, dtype=np.int64)
         obj.last_ts_ns = dict(s.last_ts_ns)
+        if s.features is not None:  # a v1 checkpoint starts its features afresh
+            obj.features = FailureFeatures.from_state(s.features)
+        if s.model_risk is not None:
+            obj.model_risk = np.array(s.model_risk, dtype=np.float64)
         return obj

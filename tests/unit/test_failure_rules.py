@@ -14,6 +14,11 @@ from accelpilot.schemas.samples import DeviceEvent, HostSample
 DEVS = ["h/gpu0", "h/gpu1"]
 
 
+def rules_only(*args, **kw) -> FailureRisk:  # type: ignore[no-untyped-def]
+    """The rules without the learned model (test_failure_model.py covers the combination)."""
+    return FailureRisk(*args, model=None, **kw)
+
+
 def sample(t: int, metrics: dict, events=(), devs=DEVS) -> HostSample:  # type: ignore[no-untyped-def]
     return HostSample(
         host_id="h", ts_ns=t * 10**9, seq=t, interval_s=1.0, device_ids=list(devs),
@@ -44,7 +49,7 @@ def test_docstring_runs_and_lists_every_rule() -> None:
 
 
 def test_healthy_devices_have_zero_risk() -> None:
-    fr = FailureRisk(DEVS)
+    fr = rules_only(DEVS)
     for t in range(50):
         risk, ev = fr.update(healthy(t))
     assert risk.tolist() == [0.0, 0.0] and ev == [[], []]
@@ -54,7 +59,7 @@ def test_healthy_devices_have_zero_risk() -> None:
     ("code", "low", "high"), [(79, 0.85, 0.95), (48, 0.5, 0.7), (95, 0.7, 0.9), (13, 0.0, 0.1)]
 )
 def test_xid_weights_and_decay(code: int, low: float, high: float) -> None:
-    fr = FailureRisk(DEVS, horizon_s=100.0)
+    fr = rules_only(DEVS, horizon_s=100.0)
     fr.update(healthy(0))
     ev = [DeviceEvent(device_id="h/gpu1", kind="xid", code=code, ts_ns=0)]
     risk, evidence = fr.update(sample(1, {"temp_c": [60.0, 60.0]}, ev))
@@ -70,7 +75,7 @@ def test_counter_rules_fire_on_increase_only() -> None:
         ("retired_pages_total", "retired_pages"),
         ("remapped_rows_total", "remapped_rows"),
     ]:
-        fr = FailureRisk(DEVS)
+        fr = rules_only(DEVS)
         fr.update(healthy(0, **{metric: [5.0, 5.0]}))  # history before we watched: ignored
         risk, ev = fr.update(healthy(1, **{metric: [5.0, 6.0]}))
         assert risk[0] == 0 and risk[1] > 0.2 and rule in rules_of(ev[1]), metric
@@ -79,7 +84,7 @@ def test_counter_rules_fire_on_increase_only() -> None:
 
 
 def test_corrected_ecc_rate_trend() -> None:
-    fr = FailureRisk(DEVS, ecc_rate_bound_per_min=10.0)
+    fr = rules_only(DEVS, ecc_rate_bound_per_min=10.0)
     total = 0.0
     for t in range(30):  # gpu0: 1 per minute-ish (below bound); gpu1: 50/s
         total += 50.0
@@ -90,7 +95,7 @@ def test_corrected_ecc_rate_trend() -> None:
 
 
 def test_thermal_and_throttle_history() -> None:
-    fr = FailureRisk(DEVS)
+    fr = rules_only(DEVS)
     for t in range(100):
         risk, ev = fr.update(healthy(t, temp_c=[60.0, 92.0], throttle_reasons_mask=[4.0, 64.0]))
     assert risk[0] == 0  # SW power cap (0x4) is not a risk
@@ -99,7 +104,7 @@ def test_thermal_and_throttle_history() -> None:
 
 
 def test_silent_device_while_host_reports() -> None:
-    fr = FailureRisk(DEVS, silent_intervals=3)
+    fr = rules_only(DEVS, silent_intervals=3)
     fr.update(healthy(0))
     for t in range(1, 3):
         risk, _ = fr.update(sample(t, {"temp_c": [60.0, None]}))
@@ -112,14 +117,14 @@ def test_silent_device_while_host_reports() -> None:
 
 
 def test_missed_samples_count_as_intervals() -> None:
-    fr = FailureRisk(DEVS, silent_intervals=3)
+    fr = rules_only(DEVS, silent_intervals=3)
     fr.update(healthy(0))
     _, ev = fr.update(sample(5, {"temp_c": [60.0, None]}))  # 5 intervals later
     assert dict(ev[1])["silent"] == 5.0
 
 
 def test_events_ecc_throttle_fault() -> None:
-    fr = FailureRisk(DEVS)
+    fr = rules_only(DEVS)
     ev = [
         DeviceEvent(device_id="h/gpu0", kind="ecc", code=1, ts_ns=0),
         DeviceEvent(device_id="h/gpu1", kind="fault", code=7, ts_ns=0),
@@ -138,7 +143,7 @@ def test_state_round_trip_mid_stream() -> None:
                 throttle_reasons_mask=[0.0, 64.0 * (t % 3 == 0)])
         for t in range(60)
     ]  # fmt: skip
-    a = FailureRisk(DEVS)
+    a = rules_only(DEVS)
     for s in streams[:30]:
         a.update(s)
     b = FailureRisk.from_state(a.get_state())
