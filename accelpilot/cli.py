@@ -174,6 +174,31 @@ def demo(
 
 
 @app.command()
+def console(
+    port: Annotated[
+        int | None, typer.Option(help="Console port (default: console.port, 8000).")
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Console address (default: console.host, 127.0.0.1; else tokens)."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The console over the real pipeline's InfluxDB, read-only (steering: accelpilot demo)."""
+    from accelpilot.console.server import run_readonly_console
+
+    s = _settings(config)
+    c = s.console
+    run_readonly_console(
+        s.influx.url,
+        s.influx.database,
+        host or c.host,
+        port if port is not None else c.port,
+        c.tokens.get_secret_value(),
+    )
+
+
+@app.command()
 def discover(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,

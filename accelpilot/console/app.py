@@ -117,7 +117,9 @@ Viewer = Annotated[Principal, Depends(_viewer)]
 Operator = Annotated[Principal, Depends(_operator)]
 
 
-def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
+def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
+    """The console over ``source``; with a ``demo`` it also steers it, without one (the
+    real-pipeline mode) it is read-only: control endpoints answer 409."""
     app = FastAPI(
         title="accelpilot console",
         version="1",
@@ -148,22 +150,58 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
         )
         return JSONResponse({"detail": reason, "errors": errors}, status_code=422)
 
-    f = demo.facts
+    def need() -> Demo:
+        if demo is None:
+            raise ConflictError(
+                "read-only console (real-pipeline mode): steering, recommendations, the score "
+                "and the failure-risk ranking live in `accelpilot demo` only"
+            )
+        return demo
 
-    def device_index(device_id: str) -> int:
-        if device_id not in f.device_ids:
-            raise NotFoundError(f"unknown device {device_id!r}; see /api/inventory")
-        return int(f.device_ids.index(device_id))
+    def read_only_inventory(latest: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "device_id": d,
+                "host_id": row.get("host_id") or host_of(d),
+                "kind": row.get("kind"),
+                "vendor": None,
+                "model": None,
+                "backend": None,
+                "memory_total_bytes": None,
+                "capabilities": {"power_limits": None},
+                "streams": [],
+            }
+            for d, row in sorted(latest.items())
+        ]
 
     # -- reads -------------------------------------------------------------------------------
     @app.get("/api/status", tags=["fleet"])
     def status(who: Viewer) -> dict[str, Any]:
         """Scenario, tick, mode, budget, pins and headline numbers."""
+        you = {"name": who.name, "role": who.role}
+        if demo is None:
+            latest = source.latest()
+            alerts = source.alerts(200)
+            return {
+                "read_only": True,
+                "scenario": None,
+                "mode": "read-only",
+                "data_ts_ns": source.newest_ts_ns(),
+                "fleet_power_w": sum(r["power_w"] or 0.0 for r in latest.values()),
+                "fleet_caps_w": sum(r["cap_w"] or 0.0 for r in latest.values()),
+                "hosts": len({r.get("host_id") for r in latest.values()}),
+                "devices": len(latest),
+                "alerts_firing": sum(a.state == "firing" for a in alerts),
+                "you": you,
+                "auth_required": auth.required,
+            }
+        f = demo.facts
         with demo.lock:
             last = demo.fleet.last
             power = float(np.nansum(last.telemetry.power_w)) if last is not None else None
             firing = {a.id: a for a in demo.alerts}
             return {
+                "read_only": False,
                 "scenario": demo.scenario.name,
                 "tick": demo.ticks,
                 "tick_s": demo.scenario.tick_s,
@@ -184,17 +222,22 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
                 "aggregates": demo.pipeline.counts.aggregates,
                 "alerts_firing": sum(a.state == "firing" for a in firing.values()),
                 "actions": len(demo.results),
-                "you": {"name": who.name, "role": who.role},
+                "you": you,
                 "auth_required": auth.required,
             }
 
     @app.get("/api/inventory", tags=["fleet"])
     def inventory(who: Viewer) -> dict[str, Any]:
-        """Every accelerator as discovered: kind, vendor, model, memory, capabilities."""
-        devices = []
+        """Every accelerator as discovered: kind, vendor, model, memory, capabilities (read-only
+        mode: the devices seen in the last 10 s, with what InfluxDB holds of them)."""
+        if demo is None:
+            devices = read_only_inventory(source.latest())
+            return {"hosts": sorted({d["host_id"] for d in devices}), "devices": devices}
+        f = demo.facts
+        out = []
         for d in demo.devices:
             i = f.device_ids.index(d.device_id)
-            devices.append(
+            out.append(
                 {
                     **d.to_dict(),
                     "host_id": host_of(d.device_id),
@@ -203,12 +246,29 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
                     ],
                 }
             )
-        return {"hosts": sorted(demo._hosts_by_id), "devices": devices}
+        return {"hosts": sorted(demo._hosts_by_id), "devices": out}
 
     @app.get("/api/live", tags=["fleet"])
     def live(who: Viewer) -> dict[str, Any]:
         """Newest reading of every device, with its commanded cap, pin, standby and risk."""
         latest = source.latest()
+        if demo is None:
+            return {
+                "devices": {
+                    d: {
+                        **{k: _num(v) for k, v in row.items()},
+                        "commanded_cap_w": row.get("cap_w"),
+                        "min_cap_w": None,
+                        "tdp_w": None,
+                        "pinned": False,
+                        "parked": False,
+                        "reporting": row.get("power_w") is not None,
+                        "risk": None,
+                    }
+                    for d, row in latest.items()
+                }
+            }
+        f = demo.facts
         with demo.lock:
             risk = demo.monitor.risk
             scores = risk.risk()
@@ -236,7 +296,8 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     ) -> dict[str, Any]:
         """Power, cap, temperature, utilization, memory and work rate of one device (``null`` =
         not reported)."""
-        device_index(device_id)
+        if demo is not None and device_id not in demo.facts.device_ids:
+            raise NotFoundError(f"unknown device {device_id!r}; see /api/inventory")
         return {"device_id": device_id, **source.device_history(device_id, seconds)}
 
     @app.get("/api/history/host", tags=["history"])
@@ -247,7 +308,7 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     ) -> dict[str, Any]:
         """One host's series: power, cap, memory and work summed; temperature and utilization
         averaged over its devices."""
-        if host_id not in demo._hosts_by_id:
+        if demo is not None and host_id not in demo._hosts_by_id:
             raise NotFoundError(f"unknown host {host_id!r}; hosts: {sorted(demo._hosts_by_id)}")
         return {"host_id": host_id, **source.host_history(host_id, seconds)}
 
@@ -278,8 +339,9 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     @app.get("/api/risk", tags=["events"])
     def risk(who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:
         """Devices ranked by failure risk (0..1), with the rules that contribute."""
-        with demo.lock:
-            r = demo.monitor.risk
+        dm = need()
+        with dm.lock:
+            r = dm.monitor.risk
             scores = r.risk()
             order = np.argsort(-scores, kind="stable")[:limit].tolist()
             evidence = r.evidence(order)
@@ -296,17 +358,18 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     @app.get("/api/streams", tags=["fleet"])
     def streams(who: Viewer) -> dict[str, Any]:
         """Each stream's devices and their current load weights (normalized shares)."""
-        with demo.lock:
+        dm = need()
+        with dm.lock:
             out = []
-            for s, sid in enumerate(f.stream_ids):
-                members = np.flatnonzero(f.membership[s]).tolist()
-                row = demo.fleet.weights[s]
+            for s, sid in enumerate(dm.facts.stream_ids):
+                members = np.flatnonzero(dm.facts.membership[s]).tolist()
+                row = dm.fleet.weights[s]
                 total = float(row.sum()) or 1.0
                 out.append(
                     {
                         "stream_id": sid,
-                        "pinned": s in demo.stream_pins,
-                        "weights": {f.device_ids[d]: float(row[d]) / total for d in members},
+                        "pinned": s in dm.stream_pins,
+                        "weights": {dm.facts.device_ids[d]: float(row[d]) / total for d in members},
                     }
                 )
         return {"streams": out}
@@ -314,15 +377,14 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     @app.get("/api/recommendations", tags=["optimizer"])
     def recommendations(who: Viewer) -> dict[str, Any]:
         """Open recommendations of the optimizer (advise mode), with expected savings."""
-        with demo.lock:
-            recs = [r.to_dict() for r in demo.advisor.open.values()]
+        dm = need()
+        with dm.lock:
+            recs = [r.to_dict() for r in dm.advisor.open.values()]
             known = [
-                r.savings.power_w
-                for r in demo.advisor.open.values()
-                if r.savings.power_w is not None
+                r.savings.power_w for r in dm.advisor.open.values() if r.savings.power_w is not None
             ]
             return {
-                "mode": demo.mode,
+                "mode": dm.mode,
                 # A stream's load distribution first (it decides whether the SLO holds), then
                 # by expected savings.
                 "recommendations": sorted(
@@ -333,36 +395,40 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
                     ),
                 ),
                 "expected_savings_w": float(sum(known)),
-                "accepted_total": demo.advisor.accepted_total,
-                "dismissed_total": demo.advisor.dismissed_total,
+                "accepted_total": dm.advisor.accepted_total,
+                "dismissed_total": dm.advisor.dismissed_total,
             }
 
     @app.get("/api/score", tags=["score"])
     def score(who: Viewer) -> dict[str, Any]:
         """Energy saved against the max-power baseline (shadow simulator), streaks, badges."""
-        with demo.lock:
-            out = {k: _num(v) for k, v in demo.score.to_dict().items()}
-            last = demo.fleet.last
+        dm = need()
+        with dm.lock:
+            out = {k: _num(v) for k, v in dm.score.to_dict().items()}
+            last = dm.fleet.last
             violated = [] if last is None else np.flatnonzero(last.truth.slo_violated).tolist()
-            out["slo_violated_streams"] = [f.stream_ids[s] for s in violated]
+            out["slo_violated_streams"] = [dm.facts.stream_ids[s] for s in violated]
             return out
 
     @app.get("/api/audit", tags=["audit"])
     def audit(who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         """Every action (who or what issued it, signed, each device's outcome) and the
         operator's console events, newest first."""
-        with demo.lock:
-            events = list(reversed(demo.events[-limit:]))
+        events: list[dict[str, Any]] = []
+        if demo is not None:
+            with demo.lock:
+                events = list(reversed(demo.events[-limit:]))
         return {"actions": source.actions(limit), "events": events}
 
     @app.get("/api/audit/verify", tags=["audit"])
     def audit_verify(who: Viewer) -> dict[str, Any]:
         """Check each host's hash-chained audit log end to end."""
+        dm = need()
         from accelpilot.collectors.audit_log import verify
 
         out = {}
-        with demo.lock:
-            for h in demo.hosts:
+        with dm.lock:
+            for h in dm.hosts:
                 v = verify(h.actuator.audit.path)
                 out[h.host_id] = {"ok": v.ok, "first_bad_line": v.first_bad_line}
         return {"hosts": out}
@@ -371,8 +437,9 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     @app.post("/api/actions/power-cap", tags=["actions"])
     def power_cap(body: PowerCapRequest, who: Operator) -> dict[str, Any]:
         """Set the power cap of a device or a group (signed actions; the devices are pinned)."""
-        idx = demo.resolve_devices(body.device_ids, body.host_id, body.stream_id)
-        results = demo.operator_set_caps(
+        dm = need()
+        idx = dm.resolve_devices(body.device_ids, body.host_id, body.stream_id)
+        results = dm.operator_set_caps(
             who.name, idx, cap_w=body.cap_w, fraction_of_tdp=body.fraction_of_tdp
         )
         return _results(results)
@@ -380,52 +447,59 @@ def create_app(demo: Demo, source: ConsoleSource, auth: Auth) -> FastAPI:
     @app.post("/api/actions/fleet-budget", tags=["actions"])
     def fleet_budget(body: FleetBudgetRequest, who: Operator) -> dict[str, Any]:
         """Bound the sum of all caps; caps above it are lowered now (signed actions)."""
-        return _results(demo.operator_set_budget(who.name, body.budget_w))
+        dm = need()
+        return _results(dm.operator_set_budget(who.name, body.budget_w))
 
     @app.post("/api/actions/load-weights", tags=["actions"])
     def load_weights(body: LoadWeightsRequest, who: Operator) -> dict[str, Any]:
         """Distribute a stream's load over its devices (signed actions; the stream is pinned)."""
-        return _results(demo.operator_set_weights(who.name, body.stream_id, body.weights))
+        dm = need()
+        return _results(dm.operator_set_weights(who.name, body.stream_id, body.weights))
 
     @app.post("/api/actions/release", tags=["actions"])
     def release(body: ReleaseRequest, who: Operator) -> dict[str, Any]:
         """Hand pinned devices or a stream back to the optimizer (no action is signed)."""
+        dm = need()
         if body.all:
             if body.device_ids or body.host_id or body.stream_id:
                 raise HTTPException(422, "all=true takes no other target")
-            demo.operator_release(who.name)
+            dm.operator_release(who.name)
         elif body.stream_id is not None and not (body.device_ids or body.host_id):
-            demo.operator_release(who.name, stream_id=body.stream_id)
+            dm.operator_release(who.name, stream_id=body.stream_id)
         else:
-            demo.operator_release(who.name, demo.resolve_devices(body.device_ids, body.host_id))
+            dm.operator_release(who.name, dm.resolve_devices(body.device_ids, body.host_id))
         return status(who)
 
     @app.post("/api/mode", tags=["optimizer"])
     def mode(body: ModeRequest, who: Operator) -> dict[str, Any]:
         """``auto``: the optimizer acts; ``advise``: it recommends, the operator decides."""
-        demo.operator_set_mode(who.name, body.mode)
-        return {"mode": demo.mode}
+        dm = need()
+        dm.operator_set_mode(who.name, body.mode)
+        return {"mode": dm.mode}
 
     @app.post("/api/recommendations/accept-all", tags=["optimizer"])
     def accept_all(who: Operator) -> dict[str, Any]:
         """Apply every open recommendation now (signed, the operator as issuer)."""
-        if demo.mode != "advise":
+        dm = need()
+        if dm.mode != "advise":
             raise ConflictError("the optimizer is in auto mode: there is nothing to accept")
-        if not demo.advisor.open:
+        if not dm.advisor.open:
             raise ConflictError("no recommendation is open right now")
-        n, results = demo.accept_all(who.name)
+        n, results = dm.accept_all(who.name)
         return {"accepted": n, **_results(results)}
 
     @app.post("/api/recommendations/{rec_id}/accept", tags=["optimizer"])
     def accept(rec_id: Annotated[str, Path(max_length=64)], who: Operator) -> dict[str, Any]:
         """Apply a recommendation now, signed with the operator as issuer."""
-        rec, results = demo.accept(who.name, rec_id)
+        dm = need()
+        rec, results = dm.accept(who.name, rec_id)
         return {"recommendation": rec.to_dict(), **_results(results)}
 
     @app.post("/api/recommendations/{rec_id}/dismiss", tags=["optimizer"])
     def dismiss(rec_id: Annotated[str, Path(max_length=64)], who: Operator) -> dict[str, Any]:
         """Hide a recommendation until the optimizer's target for it changes materially."""
-        return {"recommendation": demo.dismiss(who.name, rec_id).to_dict()}
+        dm = need()
+        return {"recommendation": dm.dismiss(who.name, rec_id).to_dict()}
 
     # -- the page ----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

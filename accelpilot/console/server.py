@@ -41,3 +41,16 @@ class ConsoleServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def run_readonly_console(influx_url: str, database: str, host: str, port: int, tokens: str) -> None:
+    """``accelpilot console``: the console over the real pipeline's InfluxDB, read-only, until
+    Ctrl-C (uvicorn in the foreground)."""
+    from accelpilot.console.app import create_app
+    from accelpilot.console.auth import Auth
+    from accelpilot.console.influx_source import InfluxSource
+
+    auth = Auth.for_bind(host, tokens)
+    app = create_app(None, InfluxSource(influx_url, database), auth)
+    print(f"console (read-only, InfluxDB {influx_url} db {database}): http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

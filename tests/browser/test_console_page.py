@@ -148,3 +148,44 @@ def test_an_exposed_console_asks_for_a_token_and_a_viewer_cannot_act(
         what="the refusal",
     )
     assert (demo.fleet.caps_w == caps).all() and demo.results == []
+
+
+@pytest.mark.service
+def test_the_read_only_console_over_influxdb(service_settings: Any, page: Any) -> None:
+    import time as _time
+
+    from accelpilot.collectors.synthetic import synthetic_samples
+    from accelpilot.console.app import create_app
+    from accelpilot.console.auth import Auth
+    from accelpilot.console.influx_source import InfluxSource
+    from accelpilot.console.server import ConsoleServer
+    from accelpilot.streams.influx_lines import sample_lines
+    from tests.browser.conftest import free_port
+    from tests.service.test_console_influx import write
+
+    t0 = (_time.time_ns() - 120 * 10**9) // 10**9 * 10**9
+    write(
+        service_settings,
+        [
+            line
+            for host in ("h1", "h2")
+            for s in synthetic_samples(host, n_devices=4, n_ticks=60, start_ns=t0)
+            for line in sample_lines(s)
+        ],
+    )
+    source = InfluxSource(service_settings.influx.url, service_settings.influx.database)
+    server = ConsoleServer(
+        create_app(None, source, Auth.for_bind("127.0.0.1", "")), "127.0.0.1", free_port()
+    )
+    server.start()
+    try:
+        page.goto(server.url)
+        rows = page.locator("#inventory tbody tr")
+        wait_for(lambda: rows.count() == 8, what="8 devices from InfluxDB")
+        wait_for(lambda: state(page, "S.history && S.history.ts_ns.length") == 60, what="history")
+        wait_for(lambda: page.locator("#host-charts figure").count() == 2, what="host charts")
+        assert page.locator("#h-tick").inner_text() == "read-only"
+        assert not page.locator(".steer").is_visible()  # no steering without the demo
+        assert page.locator("#chart-mem path.line").count() == 1  # memory is reported here
+    finally:
+        server.stop()

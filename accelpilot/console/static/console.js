@@ -75,7 +75,7 @@ function buildInventory() {
     const tr = document.createElement("tr");
     tr.dataset.device = d.device_id;
     tr.innerHTML = `<td class="id">${esc(d.device_id)}</td><td>${esc(d.kind)}</td>
-      <td>${esc(d.vendor)} ${esc(d.model)}</td><td>${fmtBytes(d.memory_total_bytes)}</td>
+      <td>${d.vendor || d.model ? `${esc(d.vendor)} ${esc(d.model)}` : "–"}</td><td>${fmtBytes(d.memory_total_bytes)}</td>
       <td>${pl ? `${pl.min_w}–${pl.max_w} W` : "–"}</td>
       <td class="num p">–</td><td class="num c">–</td><td class="num t">–</td><td class="num u">–</td>
       <td class="num r">–</td><td class="flags"></td>`;
@@ -97,7 +97,7 @@ function renderLive() {
     tr.querySelector(".t").textContent = fmt(v.temp_c, 1);
     tr.querySelector(".u").textContent = fmt(v.util_compute_pct);
     const r = tr.querySelector(".r");
-    r.textContent = v.risk ? v.risk.toFixed(2) : "0";
+    r.textContent = v.risk === null ? "–" : v.risk ? v.risk.toFixed(2) : "0";
     r.className = "num r" + (v.risk >= 0.5 ? " hot" : v.risk >= 0.2 ? " warm" : "");
     tr.querySelector(".flags").innerHTML =
       (v.pinned ? '<span class="chip op">operator</span>' : "") +
@@ -107,7 +107,7 @@ function renderLive() {
     tr.classList.toggle("selected", tr.dataset.device === S.selected);
   }
   const sel = S.live.devices[S.selected];
-  if (sel) {
+  if (sel && !S.status.read_only) {
     const slider = $("cap-slider");
     slider.min = sel.min_cap_w;
     slider.max = sel.tdp_w;
@@ -165,15 +165,15 @@ function renderHosts() {
 // -- status, mode, score ---------------------------------------------------------------------
 function renderStatus() {
   const s = S.status;
-  $("h-scenario").textContent = s.scenario;
-  $("h-tick").textContent = s.tick;
+  $("h-scenario").textContent = s.read_only ? "InfluxDB" : s.scenario;
+  $("h-tick").textContent = s.read_only ? "read-only" : s.tick;
   $("h-power").textContent = fmt(s.fleet_power_w, 0, " W");
   $("h-caps").textContent = fmt(s.fleet_caps_w, 0, " W");
   $("h-budget").textContent = s.budget_w ? fmt(s.budget_w, 0, " W") : "none";
   $("h-alerts").textContent = s.alerts_firing;
   $("h-alerts").parentElement.classList.toggle("alarm", s.alerts_firing > 0);
-  $("recs-accept-all").addEventListener("click", () => act("/api/recommendations/accept-all", {}, "accepted all"));
   for (const m of ["auto", "advise"]) $("mode-" + m).classList.toggle("on", s.mode === m);
+  if (s.read_only) return;
   const b = $("budget-slider");
   b.min = Math.ceil(s.fleet_min_cap_w / 100) * 100;
   b.max = s.fleet_tdp_w;
@@ -260,8 +260,8 @@ function renderAudit(audit) {
     for (const r of res) outs[r.outcome] = (outs[r.outcome] || 0) + 1;
     const outcome = Object.entries(outs).map(([k, v]) => `<span class="chip ${k === "applied" ? "ok" : k === "rejected" || k === "failed" ? "crit" : ""}">${k}${v > 1 ? " ×" + v : ""}</span>`).join("") || "pending";
     const value = a.cap_w !== null && a.cap_w !== undefined ? `${a.cap_w.toFixed(0)} W` : a.weights ? "weights" : "";
-    const who = a.issuer.startsWith("operator:") ? "op" : "opt";
-    return `<tr><td>${ago(a.ts_ns)}</td><td class="${who}">${esc(a.issuer)}</td><td>${esc(a.mode)}</td><td>${esc(a.kind)}</td>
+    const who = (a.issuer || "").startsWith("operator:") ? "op" : "opt";
+    return `<tr><td>${ago(a.ts_ns)}</td><td class="${who}">${esc(a.issuer || "not stored")}</td><td>${esc(a.mode || "–")}</td><td>${esc(a.kind)}</td>
       <td>${esc(a.device_id || a.stream_id || a.host_id)}</td><td>${value}</td><td>${outcome}</td>
       <td class="reason">${esc(a.reason)}${a.signed ? ' <span class="chip">signed</span>' : ""}</td></tr>`;
   })()]);
@@ -291,14 +291,18 @@ async function pollFast() {
   try {
     if (!S.inventory) { S.inventory = await api("/api/inventory"); buildInventory(); select(S.inventory.devices[0].device_id); }
     const sel = S.selected;
-    const [status, live, hist, score, recs] = await Promise.all([
-      api("/api/status"), api("/api/live"),
+    const status = await api("/api/status");
+    const ro = status.read_only;
+    const [live, hist, score, recs] = await Promise.all([
+      api("/api/live"),
       api(`/api/history/device?device_id=${encodeURIComponent(sel)}&seconds=${HISTORY_S}`),
-      api("/api/score"), api("/api/recommendations"),
+      ro ? null : api("/api/score"), ro ? null : api("/api/recommendations"),
     ]);
     Object.assign(S, { status, live, score, recs });
     if (hist.device_id === S.selected) S.history = hist;
-    renderStatus(); renderLive(); renderDeviceCharts(); renderScore(); renderRecs();
+    document.body.classList.toggle("read-only", status.read_only);
+    renderStatus(); renderLive(); renderDeviceCharts();
+    if (!status.read_only && score && recs) { renderScore(); renderRecs(); }
     S.polls += 1;
     $("conn").textContent = "live";
     $("conn").className = "conn ok";
@@ -312,15 +316,16 @@ async function pollFast() {
 async function pollSlow() {
   try {
     const hosts = S.inventory ? S.inventory.hosts : [];
+    const ro = S.status ? S.status.read_only : true;
     const [alerts, anomalies, risk, audit, streams, ...hh] = await Promise.all([
-      api("/api/alerts?limit=30"), api("/api/anomalies?limit=10"), api("/api/risk?limit=8"),
-      api("/api/audit?limit=60"), api("/api/streams"),
+      api("/api/alerts?limit=30"), api("/api/anomalies?limit=10"),
+      ro ? null : api("/api/risk?limit=8"), api("/api/audit?limit=60"), ro ? null : api("/api/streams"),
       ...hosts.map(h => api(`/api/history/host?host_id=${encodeURIComponent(h)}&seconds=${HISTORY_S}`)),
     ]);
     hosts.forEach((h, i) => S.hosts[h] = hh[i]);
-    S.streams = streams.streams;
-    renderAlerts(alerts.alerts, anomalies.anomalies); renderRisk(risk.ranking); renderAudit(audit);
-    renderStreams(); renderHosts();
+    renderAlerts(alerts.alerts, anomalies.anomalies); renderAudit(audit); renderHosts();
+    if (risk) renderRisk(risk.ranking);
+    if (streams) { S.streams = streams.streams; renderStreams(); }
   } catch (e) { S.errors += 1; }
 }
 
