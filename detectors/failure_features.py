@@ -46,8 +46,6 @@ the state round-trips through msgspec (:meth:`get_state` / :meth:`from_state`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import msgspec
 import numpy as np
 
@@ -272,8 +270,3 @@ class FailureFeatures:
         obj = cls(0, temp_limit_c=s.temp_limit_c)
         obj.state = np.array(s.state, dtype=np.float64).reshape(len(s.state), len(_STATE))
         return obj
-
-
-def names() -> Sequence[str]:
-    """Feature names in column order."""
-    return FEATURES
