@@ -170,11 +170,11 @@ class CurveEstimator:
         uniq, inv = np.unique(dev, return_inverse=True)
         cnt = np.bincount(inv)
 
+        onehot = np.zeros((len(inv), len(uniq)))
+        onehot[np.arange(len(inv)), inv] = 1.0 / cnt[inv]
+
         def dev_mean(v: Array) -> Array:
-            out = np.zeros((v.shape[0], len(uniq)))
-            for j in range(len(uniq)):
-                out[:, j] = v[:, inv == j].mean(axis=1)
-            return out
+            return v @ onehot
 
         # Per-device efficiency (log intercept) shrunk toward 1 by EFF_RIDGE pseudo-observations:
         # a healthy device is as efficient as its datasheet, so capped observations alone

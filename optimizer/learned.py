@@ -34,6 +34,7 @@ _UNSET = object()
 MARGIN_STEP = 0.01  # added to a stream's SLO margin each time its guard trips
 MARGIN_MAX = 0.04  # most extra margin
 MARGIN_DECAY = 0.99  # per tick, of the extra margin
+MARGIN_QUANTUM = 0.0025
 WAKE_GAIN = 0.03  # relative J/unit gain that makes waking a parked device worth it
 RECENT_DECAY = 0.998  # per tick: the remembered demand peak halves in ~350 ticks
 
@@ -49,7 +50,7 @@ class LearnedPolicy:
         prior: BetaPrior | object | None = _UNSET,
         safety: SafetyConfig | None = None,
         slo_margin: float = 0.01,
-        headroom: float = 1.25,
+        headroom: float = 1.1,
         max_configs: int = 4096,
         weights_actuated: bool = True,
     ) -> None:
@@ -183,7 +184,12 @@ class LearnedPolicy:
         waking = (self._wake_left_s > 0) & ~self._parked
         cap_full = self._capacity(util, beta, eff, np.where(throttled, f.min_cap_w, f.tdp_w))
         uncapped = (cap_full * ~off[None, :]).sum(axis=1)
-        slo = np.minimum(obs.demand_rate, uncapped) / f.max_slowdown * (1 + self._margin)
+        # Margin in steps of MARGIN_QUANTUM, so a decaying margin does not change the model (and
+        # miss the plan cache) every tick.
+        margin = self.slo_margin + np.floor((self._margin - self.slo_margin) / MARGIN_QUANTUM) * (
+            MARGIN_QUANTUM
+        )
+        slo = np.minimum(obs.demand_rate, uncapped) / f.max_slowdown * (1 + margin)
         slo = np.minimum(slo, obs.demand_rate)  # a margin never asks for more than the demand
         return TickModel(
             util=util,
@@ -224,9 +230,10 @@ class LearnedPolicy:
         model = self._model(obs)
         # Wake parked devices when the awake capacity cannot absorb a demand rise.
         full = self._capacity(model.util, model.beta, model.rate_factor, f.tdp_w)
-        # Headroom over the recent demand, not only today's: a stream that went quiet (a job
-        # between phases, a serving lull) tends to come back, and waking takes wake_s.
-        need = self.headroom * np.maximum(obs.demand_rate, self._recent_demand)
+        # A stream that went quiet (a job between phases) tends to come back, and waking takes
+        # wake_s: it keeps headroom for its recent demand (a slowly decaying peak) meanwhile.
+        quiet = obs.demand_rate <= 0
+        need = self.headroom * np.where(quiet, self._recent_demand, obs.demand_rate)
         usable = ~model.down & ~model.parked
         wake = model.parked & f.membership[self._unknown_streams(obs)].any(axis=0)
         for s in np.flatnonzero(need > 0):
