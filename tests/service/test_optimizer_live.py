@@ -174,11 +174,6 @@ def _energy_per_unit(samples: list[HostSample], t0: int, t1: int, host: str) -> 
     return power / work
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #6, open: in the live loop the learned policy sends almost no cap actions "
-    "(1 action in 22 windows in the last runs); not diagnosed yet",
-)
 def test_auto_mode_caps_fall_and_energy_per_unit_falls(
     service_settings: Settings, tmp_path: Path
 ) -> None:
@@ -233,12 +228,6 @@ def Counter_str(results: list[ActionResult]) -> str:
     return str(Counter((r.outcome, r.reason.split(":")[0]) for r in results))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #6, open: the live loop makes very few decisions that change anything "
-    "(1 recommendation in 10 windows in the last run) and the recommendation count and the "
-    "JSONL file disagreed once; not diagnosed yet",
-)
 def test_advise_mode_records_recommendations_and_sends_no_action(
     service_settings: Settings, tmp_path: Path
 ) -> None:

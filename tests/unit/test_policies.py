@@ -193,3 +193,115 @@ def test_safety_reverts_an_anomalous_device_to_tdp() -> None:
     env.observe(Observation(9, f, np.array([100.0]), bumped))
     out = env.apply(low)
     assert out.caps_w[0] == f.tdp_w[0] and out.caps_w[1] == f.min_cap_w[1]
+
+
+# -- learned policy: the failure modes found against the oracle, one test each ------------------
+
+
+def test_learned_identifies_a_stream_whose_util_is_near_one_from_readings_at_tdp() -> None:
+    # u = 0.95: the power reading at tdp_w is never clearly below the cap, yet a reading at
+    # tdp_w is uncapped by definition; the stream must be identified at once, not run at tdp.
+    sc = _two_phase(duration=60, at=1000)
+    f = FleetFacts.from_scenario(sc)
+    pol = LearnedPolicy(f)
+    sim = FleetSimulator(sc)
+    tel = None
+    for k in range(5):
+        c = pol.decide(Observation(k, f, np.array([1500.0]), tel))
+        tel = sim.step(c.caps_w, c.weights, c.standby).telemetry
+    est = pol.estimator.est[0]
+    assert est.fitted and abs(est.util - 0.95) < 0.02
+    assert (np.asarray(c.caps_w) < f.tdp_w).all()
+
+
+def _budget_fleet(budget_w: float) -> object:
+    doc = {
+        "name": "b",
+        "duration_s": 300,
+        "tick_s": 1,
+        "seed": 5,
+        "objective": {"max_slowdown": 1.1, "fleet_power_budget_w": budget_w},
+        "devices": [
+            {
+                "id": f"g{i}",
+                "kind": "gpu",
+                "vendor": "n",
+                "model": "H100",
+                "idle_w": 70,
+                "tdp_w": 700,
+                "min_cap_w": 200,
+                "peak_rate": 1000,
+            }
+            for i in range(3)
+        ],
+        "streams": [
+            {
+                "id": "a",
+                "demand_rate": 1200,
+                "devices": ["g0", "g1"],
+                "phases": [{"at_s": 0, "beta": 0.3, "util": 0.9}],
+            },
+            {  # shares g1 with "a": only identifiable if g1 serves one stream at a time
+                "id": "b",
+                "demand_rate": 500,
+                "devices": ["g1", "g2"],
+                "phases": [{"at_s": 0, "beta": 0.2, "util": 0.8}],
+            },
+        ],
+    }
+    return parse_scenario(doc)
+
+
+def test_learned_identifies_every_stream_under_a_budget_that_forbids_uncapped_readings() -> None:
+    sc = _budget_fleet(1500.0)  # 3 x tdp_w = 2100: every device is capped from the start
+    f = FleetFacts.from_scenario(sc)
+    pol = LearnedPolicy(f)
+    mx, _ = run_policy(sc, MaxPolicy(f))
+    totals, _ = run_policy(sc, pol)
+    assert all(e.fitted for e in pol.estimator.est)
+    assert abs(pol.estimator.est[0].util - 0.9) < 0.05
+    assert abs(pol.estimator.est[1].util - 0.8) < 0.05
+    assert totals.joules_per_unit < 0.85 * mx.joules_per_unit
+    assert totals.slo_violation_fraction <= 0.02
+
+
+def test_budget_is_taken_from_other_devices_before_a_device_the_guard_raises() -> None:
+    sc = _budget_fleet(1500.0)
+    f = FleetFacts.from_scenario(sc)
+    env = SafetyEnvelope(f)
+    env.caps_w = np.array([200.0, 600.0, 600.0])  # fits: 1400 ≤ 1500
+    caps = env._fit_budget(
+        np.array([700.0, 600.0, 600.0]), env.caps_w, np.array([True, False, False])
+    )
+    assert caps.sum() <= 1500.0 + 1e-6
+    assert caps[0] == 700.0  # the raised device keeps its raise
+    assert (caps[1:] >= f.min_cap_w[1:]).all()
+
+
+def test_caps_only_mode_keeps_shares_even_and_parks_nothing() -> None:
+    # Live sim agents cannot apply load weights: the policy must then only choose caps.
+    sc = _two_phase(duration=80, at=1000)
+    f = FleetFacts.from_scenario(sc)
+    pol = LearnedPolicy(f, weights_actuated=False)
+    sim = FleetSimulator(sc)
+    tel = None
+    for k in range(40):
+        c = pol.decide(Observation(k, f, sim.conditions().demand_rate, tel))
+        assert np.allclose(c.weights, f.even_weights)
+        assert not np.asarray(c.standby).any()
+        tel = sim.step(c.caps_w, c.weights, c.standby).telemetry
+    assert (np.asarray(c.caps_w) < 0.7 * f.tdp_w).all()  # deep caps, found from readings alone
+    assert sim.totals().slo_violation_fraction <= 0.05
+
+
+def test_unsettled_windows_do_not_teach_the_model() -> None:
+    sc = _two_phase(duration=20, at=1000)
+    f = FleetFacts.from_scenario(sc)
+    pol = LearnedPolicy(f)
+    sim = FleetSimulator(sc)
+    tel = None
+    none = np.zeros(f.n_devices, dtype=bool)
+    for k in range(6):
+        c = pol.decide(Observation(k, f, np.array([1500.0]), tel, settled=none))
+        tel = sim.step(c.caps_w, c.weights, c.standby).telemetry
+    assert pol.estimator.est[0].n_obs == 0 and not pol.estimator.est[0].fitted
