@@ -12,8 +12,6 @@ Factory = Callable[..., BatchDetector]
 
 def _factories() -> dict[str, Factory]:
     # Imported here so that `import accelpilot.detectors` stays cheap (torch loads lazily).
-    from accelpilot.detectors.artime import ARTime
-    from accelpilot.detectors.confirmed import ConfirmedNovelty
     from accelpilot.detectors.covariance import LagCovariance
     from accelpilot.detectors.ensemble import Ensemble
     from accelpilot.detectors.forecaster import TorchForecaster
@@ -28,16 +26,13 @@ def _factories() -> dict[str, Factory]:
         PeerGroup.name: PeerGroup,
         MonitoringGaps.name: MonitoringGaps,
         Ensemble.name: Ensemble,
-        ARTime.name: ARTime,
-        ConfirmedNovelty.name: ConfirmedNovelty,
     }
 
 
 #: The detector `detect csv` and the fleet use when none is named (fast: `bench detectors`).
 DEFAULT_DETECTOR = "ensemble"
-#: The detector `detect nab` and the NAB runner use when none is named: best NAB score
-#: (docs/detectors.md), a Python loop per series (~tens of thousands of samples/s).
-NAB_DETECTOR = "artime_robust"
+#: The detector `detect nab` and the NAB runner use when none is named (docs/detectors.md).
+NAB_DETECTOR = DEFAULT_DETECTOR
 
 
 def detector_names() -> list[str]:

@@ -11,7 +11,7 @@ import doctest
 import numpy as np
 import pytest
 
-from accelpilot.detectors import artime, base, calibrate, threshold
+from accelpilot.detectors import base, calibrate, threshold
 from accelpilot.detectors.base import Detector
 from accelpilot.detectors.registry import detector_names, make_detector
 
@@ -26,9 +26,6 @@ FAST_KWARGS = {
     "forecaster": {"train_every": 50, "train_steps": 5, "min_train": 64, "reservoir": 512},
     "peers": {"groups": GROUPS},
     "ensemble": {"member_kwargs": {"peers": {"groups": GROUPS}}},
-    # ARTime learns for a probation period of 15 % of the stated length (here 90 samples).
-    "artime": {"n_samples": 600},
-    "artime_robust": {"n_samples": 600},
 }
 
 # The torch forecaster takes ~70 s over the suite on 2 cores: marked slow (CI runs it).
@@ -241,5 +238,5 @@ def test_inputs_are_checked() -> None:
 
 
 def test_doctests_pass() -> None:
-    for module in (base, calibrate, threshold, artime):
+    for module in (base, calibrate, threshold):
         assert doctest.testmod(module).failed == 0, module.__name__
