@@ -659,9 +659,9 @@ def detect_nab(
 ) -> None:
     """Write NAB results files for every <category>/*.csv under DATA."""
     from accelpilot.detectors.nab_runner import run_nab
-    from accelpilot.detectors.registry import DEFAULT_DETECTOR
+    from accelpilot.detectors.registry import NAB_DETECTOR
 
-    run_nab(data, out, detector or DEFAULT_DETECTOR)
+    run_nab(data, out, detector or NAB_DETECTOR)
 
 
 @detect_app.command("train-failure")
