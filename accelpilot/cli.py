@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -581,9 +582,7 @@ def alerts_serve(
         grafana_path=grafana_path,
         grafana_token=_env_secret(grafana_token_env),
     )
-    typer.echo(
-        json.dumps(stats.__dict__ if hasattr(stats, "__dict__") else str(stats), default=str)
-    )
+    typer.echo(json.dumps(dataclasses.asdict(stats), default=str))
 
 
 @bench_app.command("collector")
