@@ -217,6 +217,7 @@ class _Window:
 
 class _Host:
     __slots__ = (
+        "checked_max_ts_ns",
         "closed_until_ns",
         "device_last",
         "host_id",
@@ -224,6 +225,7 @@ class _Host:
         "last",
         "max_ts_ns",
         "power_last",
+        "progress_ns",
         "windows",
     )
 
@@ -231,6 +233,9 @@ class _Host:
         self.host_id = host_id
         self.index = index
         self.max_ts_ns = _NEVER
+        # close_idle_hosts with a clock: max_ts_ns at its last call, and when it last grew.
+        self.checked_max_ts_ns = _NEVER
+        self.progress_ns = 0
         self.closed_until_ns = _NEVER  # windows ending at or before this are closed
         self.windows: dict[int, _Window] = {}
         # The last sample of the closed windows: the left end of the next window's first segment.
@@ -483,18 +488,32 @@ class WindowAggregator:
         self._emit_fleet(out, until_ns)
         return out
 
-    def close_idle_hosts(self, idle_s: float) -> list[Aggregate]:
-        """Close every open window of hosts silent for ``idle_s`` of event time (the newest
-        sample seen from any host), so a host that stopped reporting does not hold its last
-        windows (and its samples' offsets) open forever."""
+    def close_idle_hosts(self, idle_s: float, now_ns: int | None = None) -> list[Aggregate]:
+        """Close every open window of hosts silent for ``idle_s``, so a host that stopped
+        reporting does not hold its last windows (and its samples' offsets) open forever.
+
+        With ``now_ns`` (a clock: the worker passes wall time), *silent* means no new sample
+        from the host during ``idle_s`` of that clock, whatever their timestamps: a host whose
+        samples arrive late but steadily (a partition read behind another after a rebalance, an
+        agent draining its disk buffer) keeps its windows. Without it, silence is measured in
+        event time (the newest sample seen from any host), which takes such a host for silent.
+        """
         out: list[Aggregate] = []
-        cutoff = self._global_max_ns - round(idle_s * _NS_PER_S)
-        for host_id in sorted(self._hosts):
-            host = self._hosts[host_id]
-            if host.windows and host.max_ts_ns < cutoff:
-                end = (max(host.windows) + 1) * self._window_ns
-                host.closed_until_ns = max(host.closed_until_ns, end)
-                self._close_host(host, end, out)
+        if now_ns is None:
+            cutoff = self._global_max_ns - round(idle_s * _NS_PER_S)
+            idle = [h for h in self._hosts.values() if h.windows and h.max_ts_ns < cutoff]
+        else:
+            idle_ns = round(idle_s * _NS_PER_S)
+            idle = []
+            for h in self._hosts.values():
+                if h.max_ts_ns != h.checked_max_ts_ns:  # progress since the last check
+                    h.checked_max_ts_ns, h.progress_ns = h.max_ts_ns, now_ns
+                elif h.windows and now_ns - h.progress_ns >= idle_ns:
+                    idle.append(h)
+        for host in sorted(idle, key=lambda h: h.host_id):
+            end = (max(host.windows) + 1) * self._window_ns
+            host.closed_until_ns = max(host.closed_until_ns, end)
+            self._close_host(host, end, out)
         return out
 
     def closed_until_ns(self, host_id: str) -> int | None:

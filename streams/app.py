@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from accelpilot.streams.in_order_acks import InOrderAcks
 from accelpilot.streams.influx_lines import sample_lines
 from accelpilot.streams.influx_sink import InfluxSink
 from accelpilot.streams.ingest import ingest_sample
+from accelpilot.streams.rollups import register_fleet_rollup, rollup_input_topic
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class BatchOutput:
     anomalies: list[AnomalyScore]
     aggregates: list[Aggregate]
     releasable: list[Any]
+    accepted: list[HostSample]  # between the two steps of BatchStages
+    held: list[Any]
 
 
 class BatchStages:
@@ -76,8 +79,14 @@ class BatchStages:
     this same code.
     """
 
-    def __init__(self, w: WorkerSettings, monitor: DeviceMonitor | None = None) -> None:
+    def __init__(
+        self,
+        w: WorkerSettings,
+        monitor: DeviceMonitor | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self.monitor = monitor or DeviceMonitor()
+        self.clock = clock  # ns; wall time (time.time_ns) when None
         self.max_future_ns = int(w.max_future_skew_s * 1e9)
         self.aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
         self.gate = AckGate(self.aggregators)
@@ -86,12 +95,16 @@ class BatchStages:
         self.idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
 
     def run(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
-        """``tokens[i]`` (the event of ``raws[i]``) is held until its windows have closed."""
+        """Both steps at once (see :meth:`detect` and :meth:`aggregate`)."""
+        return self.aggregate(self.detect(raws, tokens, now_ns))
+
+    def detect(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
+        """Step 1, the urgent part: ingest, sample lines, detection and alerts. The worker
+        publishes the alerts before step 2, so closing a burst of windows never delays them."""
         lines: list[str] = []
-        aggregates: list[Aggregate] = []
         accepted: list[HostSample] = []
+        held: list[Any] = []
         rejected: list[tuple[int, Exception]] = []
-        aggregators, gate = self.aggregators, self.gate
         for i, raw in enumerate(raws):
             try:
                 sample = ingest_sample(raw, now_ns, self.max_future_ns)
@@ -100,20 +113,33 @@ class BatchStages:
                 continue
             lines += sample_lines(sample)
             accepted.append(sample)
-            values = sample_values(sample)  # one conversion shared by every window size
-            for aggregator in aggregators:
-                aggregates += aggregator.add(sample, values)
-            gate.hold(sample.host_id, sample.ts_ns, tokens[i])
-        for aggregator in aggregators:
-            aggregates += aggregator.close_idle_hosts(self.idle_s)
-        # Fleet roll-ups need every partition: a downstream stage builds them from host windows.
-        aggregates = [a for a in aggregates if a.scope != "fleet"]
-        lines += aggregate_lines(aggregates)
+            held.append(tokens[i])
         # Detection: the detector ensemble, failure-risk rules and the alert engine.
         anomalies, alerts = self.monitor.observe_batch(accepted)
         lines += anomaly_lines(anomalies)
         lines += alert_lines(alerts)
-        return BatchOutput(rejected, lines, alerts, anomalies, aggregates, gate.releasable())
+        return BatchOutput(rejected, lines, alerts, anomalies, [], [], accepted, held)
+
+    def aggregate(self, out: BatchOutput) -> BatchOutput:
+        """Step 2: windowed aggregates of the accepted samples, and the events now releasable
+        (``tokens[i]`` of a sample is held until every window containing it has closed)."""
+        aggregates: list[Aggregate] = []
+        aggregators, gate = self.aggregators, self.gate
+        for sample, token in zip(out.accepted, out.held, strict=True):
+            values = sample_values(sample)  # one conversion shared by every window size
+            for aggregator in aggregators:
+                aggregates += aggregator.add(sample, values)
+            gate.hold(sample.host_id, sample.ts_ns, token)
+        # Silence by the wall clock: a partition read behind another is not a silent one.
+        now_ns = time.time_ns() if self.clock is None else self.clock()
+        for aggregator in aggregators:
+            aggregates += aggregator.close_idle_hosts(self.idle_s, now_ns)
+        # Fleet roll-ups need every partition: the fleet-rollup agent (streams/rollups.py) builds
+        # them from every worker's host windows.
+        out.aggregates = [a for a in aggregates if a.scope != "fleet"]
+        out.lines += aggregate_lines(out.aggregates)
+        out.releasable = gate.releasable()
+        return out
 
 
 def make_app(settings: Settings) -> faust.App:
@@ -132,9 +158,9 @@ def make_app(settings: Settings) -> faust.App:
         producer_compression_type="lz4" if _has_lz4() else None,
         # Fewer, larger produce requests (faust's default batch is 16 KiB, about 16 aggregates;
         # each request is a socket write that cost ~15% of the worker's CPU in the profile).
-        # 20 ms of linger is the most it adds to an alert's latency.
+        # No linger: while the loop computes a batch, payloads pile up and go out together
+        # anyway; an alert handed over on its own leaves at once.
         producer_max_batch_size=512 * 1024,
-        producer_linger=0.02,
         broker_commit_interval=1.0,
         # Stop promptly even while InfluxDB is down: unacked events are simply not committed
         # and a restarted worker reads them again (at-least-once, idempotent writes).
@@ -156,6 +182,8 @@ def make_app(settings: Settings) -> faust.App:
     aggregates_topic = raw_topic(AGGREGATES)
     anomalies_topic = raw_topic(ANOMALIES)
     alerts_topic = raw_topic(ALERTS)
+    # Host windows also go to the one-partition roll-up topic: one worker sums the fleet.
+    rollup_topic = rollup_input_topic(app, settings)
     # Lines InfluxDB refuses (e.g. a field-type conflict) are dead-lettered, not retried.
     sink = InfluxSink(
         settings.influx, on_rejected=send_rejected_lines(dlq_topic, settings.topic(SAMPLES))
@@ -170,22 +198,25 @@ def make_app(settings: Settings) -> faust.App:
         now_ns = time.time_ns()
         in_order.arrived(events)
         raws = [e.value if isinstance(e.value, bytes) else bytes(e.value or b"") for e in events]
-        out = stages.run(raws, events, now_ns)
+        out = stages.detect(raws, events, now_ns)
         pending = []
         ack_now = []
+        encode = codec.encode
+        # Alerts first, delivered before the aggregates are even computed: nothing queued or
+        # computed in front of them (a batch with alerts is rare; it waits one round trip).
+        for a in out.alerts:
+            await (await _send(alerts_topic, a.host_id, encode(a)))
         for i, e in out.rejected:
             event = events[i]
             err = e if isinstance(e, SchemaError) else _internal_error(e, event.message)
             pending.append(await _send_dead_letter(dlq_topic, event.message, raws[i], err, now_ns))
             ack_now.append(event)
-        # Alerts first: nothing queued in front of them in the producer.
-        outgoing = [(alerts_topic, a.host_id, a) for a in out.alerts]
-        outgoing += [(anomalies_topic, a.host_id, a) for a in out.anomalies]
+        out = stages.aggregate(out)
+        outgoing = [(anomalies_topic, a.host_id, a) for a in out.anomalies]
         outgoing += [(aggregates_topic, a.host_id or "fleet", a) for a in out.aggregates]
-        encode = codec.encode
+        outgoing += [(rollup_topic, "fleet", a) for a in out.aggregates if a.scope == "host"]
         for topic, key, payload in outgoing:
-            # force: never attach the message to an event (faust would hold it until the ack).
-            pending.append(await topic.send(key=key.encode(), value=encode(payload), force=True))
+            pending.append(await _send(topic, key, encode(payload)))
         return _Effects(pending, out.lines, ack_now + out.releasable)
 
     async def commit_effects(effects: asyncio.Queue[_Effects], manual: Any) -> None:
@@ -239,12 +270,20 @@ def make_app(settings: Settings) -> faust.App:
         log.info("accelpilot worker %s reading %s", w.app_id, samples_topic.get_topic_name())
 
     app.accelpilot_sink = sink  # type: ignore[attr-defined]
+    app.accelpilot_fleet_rollup = register_fleet_rollup(  # type: ignore[attr-defined]
+        app, settings, rollup_topic
+    )
     app.accelpilot_gate = gate  # type: ignore[attr-defined]
     # Actions, their outcomes and the optimizer's savings (streams/fleet_events.py).
     from accelpilot.streams.fleet_events import register_fleet_events
 
     app.accelpilot_fleet_events = register_fleet_events(app, settings)  # type: ignore[attr-defined]
     return app
+
+
+async def _send(topic: Any, key: str, value: bytes) -> Any:
+    # force: never attach the message to an event (faust would hold it until the ack).
+    return await topic.send(key=key.encode(), value=value, force=True)
 
 
 async def _send_dead_letter(

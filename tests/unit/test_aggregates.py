@@ -520,3 +520,34 @@ def test_a_silent_host_has_its_windows_closed_once_others_move_on() -> None:
     assert host_windows[0].sample_count == 5
     assert agg.closed_until_ns("quiet") == start + 20 * 10**9
     assert agg.close_idle_hosts(30.0) == []
+
+
+def test_idle_closing_by_a_clock_spares_a_lagging_host_and_closes_a_silent_one() -> None:
+    """The worker's mode: silence = no new sample during ``idle_s`` of the clock it passes."""
+    window_s, lateness_s = 60.0, 5.0
+    idle_s = window_s + lateness_s + 10.0
+    t0 = 1_700_000_040 * 10**9 // (60 * 10**9) * 60 * 10**9
+    x = list(synthetic_samples("x", n_devices=1, n_ticks=400, start_ns=t0, seed=1))
+    y = list(synthetic_samples("y", n_devices=1, n_ticks=400, start_ns=t0, seed=2))
+    z = list(synthetic_samples("z", n_devices=1, n_ticks=130, start_ns=t0, seed=3))
+    # y arrives 100 s of event time behind x, steadily; z stops after 130 s (at clock 130 s).
+    order = [
+        s
+        for k in range(400)
+        for s in ([x[k]] + ([y[k - 100]] if k >= 100 else []) + ([z[k]] if k < 130 else []))
+    ]
+    agg = WindowAggregator(window_s, lateness_s)
+    out: list[Aggregate] = []
+    clock_ns = t0
+    for i in range(0, len(order), 50):  # batches, one second of clock apart per x tick
+        batch = order[i : i + 50]
+        for s in batch:
+            out += agg.add(s)
+        clock_ns += sum(s.host_id == "x" for s in batch) * 10**9
+        out += agg.close_idle_hosts(idle_s, clock_ns)
+    assert agg.late_dropped_total == 0
+    y_counts = [a.sample_count for a in out if a.scope == "device" and a.host_id == "y"]
+    assert y_counts == [60] * len(y_counts) and len(y_counts) >= 4
+    # z's last window [120 s, 180 s) was closed (partial: 10 samples) once z was silent 75 s.
+    z_windows = [a for a in out if a.scope == "host" and a.key == "z"]
+    assert [a.sample_count for a in z_windows] == [60, 60, 10]
