@@ -1,6 +1,6 @@
 """Offline training of the learned policy's prior (:mod:`accelpilot.optimizer.prior`).
 
-Data: scenarios from :func:`accelpilot.optimizer.generate.generate` (seeds ``seed*100000 + i``,
+Data: 200 scenarios from :func:`accelpilot.optimizer.generate.generate` (seeds ``seed*100000 + i``,
 disjoint from the unseen-scenario seeds the tests use), each run uncapped (the ``max`` policy,
 which is how the learned policy starts and what it sees after a phase change). From every
 device-tick with work, the telemetry gives ``u_obs = (P_obs - idle) / D`` (``P_obs`` = power
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accelpilot.errors import ConfigError
 from accelpilot.optimizer.generate import generate
 from accelpilot.optimizer.prior import DEFAULT_PATH, N_FEATURES, features
 from accelpilot.optimizer.simulator import FleetSimulator
@@ -24,11 +25,26 @@ from accelpilot.optimizer.simulator import FleetSimulator
 MAX_MINUTES = 10.0
 
 
-def collect(seed: int, n_scenarios: int, deadline: float) -> tuple[np.ndarray, np.ndarray]:
+N_SCENARIOS = 200
+EPOCHS = 3000
+
+
+def _out_of_time(deadline: float, minutes: float) -> None:
+    if time.monotonic() > deadline:
+        raise ConfigError(
+            f"optimizer training did not finish within {minutes:g} minutes on this machine; "
+            f"pass --minutes up to {MAX_MINUTES:g} (the result does not depend on it)"
+        )
+
+
+def collect(
+    seed: int, n_scenarios: int, deadline: float, minutes: float = MAX_MINUTES
+) -> tuple[np.ndarray, np.ndarray]:
+    """All ``n_scenarios`` or an error: a partial collection would make the weights depend on
+    the machine's speed."""
     xs, ys = [], []
     for i in range(n_scenarios):
-        if time.monotonic() > deadline:
-            break
+        _out_of_time(deadline, minutes)
         sc = generate(seed * 100_000 + i, duration_s=900)
         sim = FleetSimulator(sc)
         member = sim.membership
@@ -53,7 +69,10 @@ def collect(seed: int, n_scenarios: int, deadline: float) -> tuple[np.ndarray, n
 
 
 def train(out_path: str | Path = DEFAULT_PATH, minutes: float = 2.0, seed: int = 0) -> dict:
-    """Train the prior within ``minutes`` (≤ 10) and write it to ``out_path``; returns stats."""
+    """Train the prior and write it to ``out_path``; returns stats. The data (``N_SCENARIOS``
+    generated scenarios) and the ``EPOCHS`` steps are fixed, so the weights depend only on
+    ``seed`` (bit for bit on one platform); ``minutes`` (≤ 10) is a hard stop that raises
+    :class:`ConfigError` rather than shipping a cut-short result."""
     import torch  # lazily: only training needs it
 
     minutes = min(float(minutes), MAX_MINUTES)
@@ -61,7 +80,7 @@ def train(out_path: str | Path = DEFAULT_PATH, minutes: float = 2.0, seed: int =
     deadline = t0 + 60.0 * minutes
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    x, y = collect(seed, 400, t0 + 0.5 * 60.0 * minutes)
+    x, y = collect(seed, N_SCENARIOS, deadline, minutes)
     n = len(x)
     idx = np.random.default_rng(seed).permutation(n)
     n_val = max(1, n // 10)
@@ -82,9 +101,8 @@ def train(out_path: str | Path = DEFAULT_PATH, minutes: float = 2.0, seed: int =
         return lo + (hi - lo) * torch.sigmoid(net(inp)[:, 0])
 
     epochs = 0
-    for epochs in range(1, 3001):
-        if time.monotonic() > deadline:
-            break
+    for epochs in range(1, EPOCHS + 1):
+        _out_of_time(deadline, minutes)
         batch = torch.tensor(np.random.default_rng(epochs).choice(tr, size=min(512, len(tr))))
         loss = torch.mean((predict(xt[batch]) - yt[batch]) ** 2)
         opt.zero_grad()

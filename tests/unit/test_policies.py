@@ -305,3 +305,18 @@ def test_unsettled_windows_do_not_teach_the_model() -> None:
         c = pol.decide(Observation(k, f, np.array([1500.0]), tel, settled=none))
         tel = sim.step(c.caps_w, c.weights, c.standby).telemetry
     assert pol.estimator.est[0].n_obs == 0 and not pol.estimator.est[0].fitted
+
+
+def test_training_data_is_deterministic_and_a_cut_short_run_is_an_error() -> None:
+    import time
+
+    import pytest
+
+    from accelpilot.errors import ConfigError
+    from accelpilot.optimizer.train import collect
+
+    x1, y1 = collect(7, 2, time.monotonic() + 600)
+    x2, y2 = collect(7, 2, time.monotonic() + 600)
+    assert len(x1) > 0 and np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    with pytest.raises(ConfigError, match="--minutes"):
+        collect(7, 2, time.monotonic() - 1.0, 0.5)
