@@ -13,7 +13,7 @@ of the part of the tick before its first sample (the previous sample is no longe
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from accelpilot.streams.aggregates import WindowAggregator
@@ -29,15 +29,20 @@ class AckGate:
     def hold(self, host_id: str, ts_ns: int, event: Any) -> None:
         self._pending.setdefault(host_id, deque()).append((ts_ns, event))
 
-    def releasable(self) -> list[Any]:
+    def releasable(self, hosts: Iterable[str] | None = None) -> list[Any]:
         """Events whose windows have all closed, in arrival order per host.
+
+        ``hosts``: only these may have closed windows since the last call (the hosts of the
+        samples added and of the windows closed since then); None checks every host.
 
         A sample at ``ts`` is in a closed window of an aggregator with window ``w`` whose
         windows are closed up to ``c`` iff ``(ts // w + 1) * w <= c``, i.e. ``ts < (c // w) * w``:
         one bound per host, the smallest over the aggregators, compared with the queue's head.
         """
-        out = []
-        for host_id, queue in self._pending.items():
+        out: list[Any] = []
+        pending = self._pending
+        candidates = pending.items() if hosts is None else ((h, pending.get(h)) for h in hosts)
+        for host_id, queue in candidates:
             if not queue:
                 continue
             bound: int | None = None

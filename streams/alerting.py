@@ -688,11 +688,14 @@ class DeviceMonitor:
         return self.observe_batch([sample])
 
     def observe_batch(
-        self, samples: Sequence[HostSample]
+        self, samples: Sequence[HostSample], values: Sequence[FloatArray] | None = None
     ) -> tuple[list[AnomalyScore], list[Alert]]:
         """Several hosts' samples (one tick of a fleet): one vectorized pass for all of them.
 
         Samples of one host are processed in order (a host seen twice starts a new pass).
+        ``values[k]``, when given, is ``samples[k]``'s metrics as a ``(metrics, devices)``
+        float64 array (NaN for null; ``accelpilot.streams.aggregates.sample_values``), which the
+        caller already has: it saves converting the Python lists again.
         """
         anomalies: list[AnomalyScore] = []
         alerts: list[Alert] = []
@@ -700,16 +703,18 @@ class DeviceMonitor:
         seen: set[str] = set()
         for k, s in enumerate(samples):
             if s.host_id in seen:
-                a, b = self._observe_group(samples[start:k])
+                a, b = self._observe_group(
+                    samples[start:k], None if values is None else values[start:k]
+                )
                 anomalies += a
                 alerts += b
                 start, seen = k, set()
             seen.add(s.host_id)
-        a, b = self._observe_group(samples[start:])
+        a, b = self._observe_group(samples[start:], None if values is None else values[start:])
         return anomalies + a, alerts + b
 
     def _observe_group(
-        self, samples: Sequence[HostSample]
+        self, samples: Sequence[HostSample], values: Sequence[FloatArray] | None = None
     ) -> tuple[list[AnomalyScore], list[Alert]]:
         if not samples:
             return [], []
@@ -737,7 +742,7 @@ class DeviceMonitor:
             if s.events:
                 events += s.events
                 pos.update({d: o + i for i, d in enumerate(lay.known)})
-        cols = _columns(samples, layouts, o_list, n)
+        cols = _columns(samples, layouts, o_list, n, values)
         for col in cols.values():
             reporting |= ~np.isnan(col)
         nan = np.full(n, np.nan)
@@ -843,7 +848,11 @@ class DeviceMonitor:
 
 
 def _columns(
-    samples: Sequence[HostSample], layouts: Sequence[_Layout], offsets: list[int], n: int
+    samples: Sequence[HostSample],
+    layouts: Sequence[_Layout],
+    offsets: list[int],
+    n: int,
+    arrays: Sequence[FloatArray] | None = None,
 ) -> dict[str, FloatArray]:
     """Each metric as one ``(n,)`` column over the group's device rows (NaN where absent).
 
@@ -857,7 +866,10 @@ def _columns(
     for (names, _), members in by_shape.items():
         if not names:
             continue
-        values = np.array([list(samples[k].metrics.values()) for k in members], np.float64)
+        if arrays is not None:
+            values = np.stack([arrays[k] for k in members])
+        else:
+            values = np.array([list(samples[k].metrics.values()) for k in members], np.float64)
         rows = np.concatenate([layouts[k].pos + offsets[k] for k in members])
         for m, name in enumerate(names):
             col = cols.get(name)

@@ -36,7 +36,7 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import AGGREGATES, ALERTS, ANOMALIES, DLQ, SAMPLES
 from accelpilot.streams.acks import AckGate
 from accelpilot.streams.aggregate_lines import aggregate_lines
-from accelpilot.streams.aggregates import WindowAggregator, sample_values
+from accelpilot.streams.aggregates import FloatArray, WindowAggregator, sample_values
 from accelpilot.streams.alerting import DeviceMonitor
 from accelpilot.streams.dead_letters import dead_letter, send_rejected_lines
 from accelpilot.streams.event_lines import alert_lines, anomaly_lines
@@ -69,6 +69,7 @@ class BatchOutput:
     releasable: list[Any]
     accepted: list[HostSample]  # between the two steps of BatchStages
     held: list[Any]
+    values: list[FloatArray]  # sample_values of each accepted sample
 
 
 class BatchStages:
@@ -104,6 +105,7 @@ class BatchStages:
         lines: list[str] = []
         accepted: list[HostSample] = []
         held: list[Any] = []
+        values: list[FloatArray] = []
         rejected: list[tuple[int, Exception]] = []
         for i, raw in enumerate(raws):
             try:
@@ -113,20 +115,20 @@ class BatchStages:
                 continue
             lines += sample_lines(sample)
             accepted.append(sample)
+            values.append(sample_values(sample))  # one conversion for detection and windows
             held.append(tokens[i])
         # Detection: the detector ensemble, failure-risk rules and the alert engine.
-        anomalies, alerts = self.monitor.observe_batch(accepted)
+        anomalies, alerts = self.monitor.observe_batch(accepted, values)
         lines += anomaly_lines(anomalies)
         lines += alert_lines(alerts)
-        return BatchOutput(rejected, lines, alerts, anomalies, [], [], accepted, held)
+        return BatchOutput(rejected, lines, alerts, anomalies, [], [], accepted, held, values)
 
     def aggregate(self, out: BatchOutput) -> BatchOutput:
         """Step 2: windowed aggregates of the accepted samples, and the events now releasable
         (``tokens[i]`` of a sample is held until every window containing it has closed)."""
         aggregates: list[Aggregate] = []
         aggregators, gate = self.aggregators, self.gate
-        for sample, token in zip(out.accepted, out.held, strict=True):
-            values = sample_values(sample)  # one conversion shared by every window size
+        for sample, token, values in zip(out.accepted, out.held, out.values, strict=True):
             for aggregator in aggregators:
                 aggregates += aggregator.add(sample, values)
             gate.hold(sample.host_id, sample.ts_ns, token)
@@ -138,7 +140,10 @@ class BatchStages:
         # them from every worker's host windows.
         out.aggregates = [a for a in aggregates if a.scope != "fleet"]
         out.lines += aggregate_lines(out.aggregates)
-        out.releasable = gate.releasable()
+        # Only hosts that sent samples or had windows closed can release anything.
+        touched = {s.host_id for s in out.accepted}
+        touched.update(a.key for a in aggregates if a.scope == "host")
+        out.releasable = gate.releasable(touched)
         return out
 
 

@@ -65,3 +65,23 @@ def test_release_matches_the_window_definition(offsets: list[int], lateness: flo
             want.append(t)
         assert got == want
     assert len(released) + gate.held == len(offsets)
+
+
+def test_checking_only_the_touched_hosts_releases_the_same_events() -> None:
+    aggs_all = [WindowAggregator(2.0, 0.0)]
+    aggs_some = [WindowAggregator(2.0, 0.0)]
+    gate_all, gate_some = AckGate(aggs_all), AckGate(aggs_some)
+    got_all: list[int] = []
+    got_some: list[int] = []
+    for k in range(12):
+        host = "ab"[k % 2]
+        s = tick(host, T0 + (k // 2) * S)
+        closed: set[str] = set()
+        for a, b in zip(aggs_all, aggs_some, strict=True):
+            a.add(s)
+            closed.update(x.key for x in b.add(s) if x.scope == "host")
+        gate_all.hold(host, s.ts_ns, k)
+        gate_some.hold(host, s.ts_ns, k)
+        got_all += gate_all.releasable()
+        got_some += gate_some.releasable({host} | closed)
+    assert got_some == got_all and got_all

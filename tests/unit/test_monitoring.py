@@ -10,13 +10,16 @@ import pytest
 from accelpilot.demo import Demo, load_demo_scenario
 from accelpilot.schemas.alerts import Alert
 from accelpilot.schemas.samples import HostSample
+from accelpilot.streams.aggregates import sample_values
 from accelpilot.streams.alerting import DeviceMonitor
 
 N_TICKS = 120
 FAULTY = {"node2/gpu5", "node1/gpu3", "node3/gpu2", "node0/gpu6"}
 
 
-def run_demo(tmp_path: Path, n_ticks: int = N_TICKS) -> list[tuple[int, Alert]]:
+def run_demo(
+    tmp_path: Path, n_ticks: int = N_TICKS, with_values: bool = False
+) -> list[tuple[int, Alert]]:
     demo = Demo(load_demo_scenario(None), tmp_path, speed=1000)
     captured: list[HostSample] = []
     for h in demo.hosts:  # see each host's sample exactly as the pipeline does
@@ -34,7 +37,8 @@ def run_demo(tmp_path: Path, n_ticks: int = N_TICKS) -> list[tuple[int, Alert]]:
         captured.clear()
         demo.step()
         assert len(captured) == 4
-        _, alerts = mon.observe_batch(captured)
+        values = [sample_values(c) for c in captured] if with_values else None
+        _, alerts = mon.observe_batch(captured, values)
         out += [(tick, a) for a in alerts]
     return out
 
@@ -42,6 +46,17 @@ def run_demo(tmp_path: Path, n_ticks: int = N_TICKS) -> list[tuple[int, Alert]]:
 @pytest.fixture(scope="module")
 def demo_alerts(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[int, Alert]]:
     return run_demo(tmp_path_factory.mktemp("demo"))
+
+
+def test_the_callers_value_arrays_give_the_same_alerts(
+    demo_alerts: list[tuple[int, Alert]], tmp_path: Path
+) -> None:
+    # The worker hands over the arrays it made for the windows (no second conversion). The
+    # demo's clock is the wall clock: compare everything but times and ids.
+    def what(alerts: list[tuple[int, Alert]]) -> list[tuple[object, ...]]:
+        return [(t, a.kind, a.device_id, a.state, a.severity, a.metric) for t, a in alerts]
+
+    assert what(run_demo(tmp_path, with_values=True)) == what(demo_alerts)
 
 
 def first(alerts, kind, device, state="firing"):  # type: ignore[no-untyped-def]
