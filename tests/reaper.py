@@ -48,8 +48,11 @@ def reaped(proc: P) -> P:
     return proc
 
 
-def register_group(pgid: int) -> None:
-    """Record process group ``pgid`` (its leader's pid) so the session end kills it."""
+def register_group(pgid: int | None) -> None:
+    """Record process group ``pgid`` (its leader's pid) so the session end kills it; None (a
+    server that is not running) is ignored."""
+    if pgid is None:
+        return
     start = _start_time(pgid)
     if start is None:  # already gone
         return

@@ -28,6 +28,7 @@ from accelpilot.collectors.synthetic import synthetic_samples
 from accelpilot.config import load_settings
 from accelpilot.schemas import codec
 from accelpilot.schemas.samples import HostSample
+from tests.reaper import register_group
 
 HOSTS = ("host-a", "host-b", "host-c")
 TICK_S = 0.1
@@ -367,6 +368,7 @@ def test_broker_outage_every_sample_arrives_once_and_in_order(tmp_path: Path) ->
     broker.fetch_jars()
     broker.prepare()
     broker.start()
+    register_group(broker.pid())  # its own session: reaped if the test session dies
     buf = DiskBuffer(tmp_path / "buffer", max_bytes=256 << 20)
     pub = BufferedPublisher(bootstrap, topic, buf, client_id="outage-test", retry_backoff_max_s=2.0)
     ticker, monitor = _Ticker(pub), _Monitor(pub)
@@ -389,6 +391,7 @@ def test_broker_outage_every_sample_arrives_once_and_in_order(tmp_path: Path) ->
         time.sleep(OUTAGE_S)
         outage_cpu_s = time.process_time() - cpu0
         broker.start()
+        register_group(broker.pid())
         broker.wait_ready()
         t_up = time.monotonic()
         monitor.phase = "after"
