@@ -16,6 +16,7 @@ def _factories() -> dict[str, Factory]:
     from accelpilot.detectors.ensemble import Ensemble
     from accelpilot.detectors.forecaster import TorchForecaster
     from accelpilot.detectors.gaps import MonitoringGaps
+    from accelpilot.detectors.novelty import NoveltyEpisodes
     from accelpilot.detectors.peers import PeerGroup
     from accelpilot.detectors.robust import RobustZ
 
@@ -26,6 +27,7 @@ def _factories() -> dict[str, Factory]:
         PeerGroup.name: PeerGroup,
         MonitoringGaps.name: MonitoringGaps,
         Ensemble.name: Ensemble,
+        NoveltyEpisodes.name: NoveltyEpisodes,
     }
 
 

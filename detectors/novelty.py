@@ -1,0 +1,195 @@
+"""Sparse novelty detector: one alarm at the onset of each new kind of behaviour.
+
+Written for this project (issue #5) from general ideas: range scaling, windowed shape
+features, online leader clustering with a bounded prototype memory, refractory suppression.
+
+Per series, at every sample:
+
+1. **Scale**: the value is mapped to ``[0, 1]`` over the series' range — the file's
+   ``value_min`` / ``value_max`` when given (NAB's protocol, docs/detectors.md), else the
+   running min/max of what the series has shown so far — and quantized to ``levels`` steps.
+2. **Describe the recent past**: the last ``window`` scaled values are cut into ``blocks``
+   equal blocks and each block averaged (a coarse picture of level and shape), plus the
+   current value itself; ``d = blocks + 1`` numbers per metric.
+3. **Compare with memory**: a bounded set of at most ``capacity`` prototypes learnt online
+   (leader clustering). The root-mean-square distance to the nearest prototype, divided by
+   ``radius``, is the *novelty*. If it is within the radius the vector joins that prototype
+   (running mean, learning rate at least ``1 / max_weight``); otherwise it becomes a new
+   prototype, replacing the least-recently-used one when memory is full.
+4. **Alarm sparsely**: during the probation period (``probation`` x the file length when
+   ``n_samples`` is given, else ``default_probation`` samples) the detector only learns. After
+   it, a sample is an alarm when its novelty exceeds 1 and the series has not alarmed in the
+   last ``refractory`` x probation samples. An alarm scores ``e / (e + 1)`` of its excess
+   ``e = novelty - 1 + novelty_offset`` times ``floor + (1 - floor) x robust``, where
+   ``robust`` is the :class:`~accelpilot.detectors.robust.RobustZ` score of the same sample,
+   so that changes large against the series' own spread rank first. Every other sample
+   scores 0.
+
+Strictly streaming (each step scores with the state before the sample, then learns);
+memory per series is fixed (``capacity x d`` prototypes plus a ``window`` ring).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from accelpilot.detectors.base import BatchDetector, BoolArray, FloatArray, IntArray
+from accelpilot.detectors.robust import RobustZ
+
+
+class NoveltyEpisodes(BatchDetector):
+    """Leader-clustering novelty with one alarm per novel episode (module docstring).
+
+    Args:
+        value_min, value_max: per-series range (scalar or ``(n_series,)``); both or neither.
+        n_samples: per-series length, sets the probation period (NAB's 15 %).
+        window, blocks: samples described, and how many block means describe them.
+        levels: quantization steps over the range (0 = none).
+        radius: RMS distance (in range units) within which a vector joins a prototype.
+        capacity: prototypes kept per series (least recently used replaced).
+        max_weight: a prototype's learning rate never falls below ``1 / max_weight``.
+        probation, default_probation: learning-only period (fraction of ``n_samples``, or
+            samples when no length is given).
+        refractory: silence after an alarm, as a fraction of the probation period.
+        floor: weight of an alarm whose robust score is 0.
+        novelty_offset: added to the excess before squashing (ranks alarms by novelty too).
+    """
+
+    name = "novelty"
+    series_independent = True
+    takes_file_range = True
+
+    def __init__(
+        self,
+        n_series: int,
+        value_min: npt.ArrayLike | None = None,
+        value_max: npt.ArrayLike | None = None,
+        n_samples: npt.ArrayLike | None = None,
+        window: int = 32,
+        blocks: int = 4,
+        levels: int = 0,
+        radius: float = 0.06,
+        capacity: int = 256,
+        max_weight: float = 50.0,
+        probation: float = 0.15,
+        default_probation: int = 600,
+        refractory: float = 0.2,
+        floor: float = 0.2,
+        novelty_offset: float = 0.5,
+        recent: int = 1,
+        rate_alpha: float = 0.001,
+        rate_ref: float = 0.01,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(n_series)
+        if (value_min is None) != (value_max is None):
+            raise ValueError("give both value_min and value_max, or neither")
+        if window < 1 or blocks < 1 or window % blocks:
+            raise ValueError(f"window ({window}) must be a positive multiple of blocks ({blocks})")
+        if radius <= 0 or capacity < 1:
+            raise ValueError("radius must be > 0 and capacity >= 1")
+        self.fixed_range = value_min is not None
+        shape = (n_series,)
+        self.lo = np.broadcast_to(
+            np.asarray(value_min if self.fixed_range else np.inf, float), shape
+        ).copy()
+        self.hi = np.broadcast_to(
+            np.asarray(value_max if self.fixed_range else -np.inf, float), shape
+        ).copy()
+        if n_samples is None:
+            self.probation_n = np.full(shape, float(default_probation))
+        else:
+            self.probation_n = np.floor(
+                probation * np.broadcast_to(np.asarray(n_samples, float), shape)
+            )
+        self.refractory_n = np.maximum(refractory * self.probation_n, 1.0)
+        self.window, self.blocks, self.levels = int(window), int(blocks), int(levels)
+        self.radius, self.capacity = float(radius), int(capacity)
+        self.max_weight = float(max_weight)
+        self.floor, self.novelty_offset = float(floor), float(novelty_offset)
+        self.recent = int(recent)
+        self.rate_alpha, self.rate_ref = float(rate_alpha), float(rate_ref)
+        self.novel_rate = np.zeros(shape)
+        self.count = np.zeros(shape)
+        self.last_alarm = np.full(shape, -np.inf)
+        self.robust = RobustZ(n_series, seed=seed)
+        # Sized on the first call (number of metrics).
+        self.ring = np.zeros((n_series, 0, 0))
+        self.protos = np.zeros((n_series, capacity, 0))
+        self.weight = np.zeros((n_series, capacity))
+        self.used = np.full((n_series, capacity), -1.0)
+
+    def _scaled(self, values: FloatArray, present: BoolArray) -> FloatArray:
+        if not self.fixed_range:
+            v = np.where(present[:, None], values, np.nan)
+            with np.errstate(invalid="ignore"):
+                self.lo = np.fmin(self.lo, np.nanmin(v, axis=1, initial=np.inf))
+                self.hi = np.fmax(self.hi, np.nanmax(v, axis=1, initial=-np.inf))
+        span = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
+        x = (values - self.lo[:, None]) / span[:, None]
+        x = np.nan_to_num(x, nan=0.0)
+        if self.levels > 0:
+            x = np.round(x * self.levels) / self.levels
+        return x
+
+    def _features(self) -> FloatArray:
+        n, f, w = self.ring.shape
+        means = self.ring.reshape(n, f, self.blocks, w // self.blocks).mean(axis=3)
+        last = self.ring[:, :, -self.recent :].mean(axis=2, keepdims=True)
+        return np.concatenate([means, last], axis=2).reshape(n, -1)
+
+    def _update_score(self, values: FloatArray, ts_ns: IntArray, present: BoolArray) -> FloatArray:
+        robust = self.robust._update_score(values, ts_ns, present)
+        n, f = values.shape
+        if self.ring.shape[1] != f:
+            self.ring = np.zeros((n, f, self.window))
+            self.protos = np.zeros((n, self.capacity, f * (self.blocks + 1)))
+        x = self._scaled(values, present)
+        first = (self.count == 0) & present
+        filled = np.where(first[:, None, None], x[:, :, None], self.ring)  # start flat
+        shifted = np.concatenate([filled[:, :, 1:], x[:, :, None]], axis=2)
+        self.ring = np.where(present[:, None, None], shifted, self.ring)
+        feat = self._features()
+
+        # Nearest prototype (RMS distance); empty slots are infinitely far.
+        diff = self.protos - feat[:, None, :]
+        dist = np.sqrt((diff * diff).mean(axis=2))
+        dist = np.where(self.weight > 0, dist, np.inf)
+        nearest = dist.argmin(axis=1)
+        rows = np.arange(n)
+        novelty = dist[rows, nearest] / self.radius  # inf while memory is empty
+
+        # Score with the memory as it was, then learn.
+        step = self.count
+        novel = present & (novelty > 1.0)
+        alarm = (
+            novel
+            & (step >= self.probation_n)
+            & (step - self.last_alarm > self.refractory_n)
+            & np.isfinite(novelty)
+        )
+        excess = np.where(alarm, novelty - 1.0 + self.novelty_offset, 0.0)
+        score = np.where(
+            alarm, excess / (excess + 1.0) * (self.floor + (1 - self.floor) * robust), 0.0
+        )
+        if self.rate_alpha > 0:
+            score = score / (1.0 + self.novel_rate / self.rate_ref)
+            a = np.maximum(self.rate_alpha, 1.0 / (step + 1.0))
+            self.novel_rate = np.where(
+                present, self.novel_rate + a * (novel - self.novel_rate), self.novel_rate
+            )
+        self.last_alarm = np.where(alarm, step, self.last_alarm)
+
+        join = present & ~novel
+        rate = 1.0 / np.minimum(self.weight[rows, nearest] + 1.0, self.max_weight)
+        p = self.protos[rows, nearest]
+        self.protos[rows, nearest] = np.where(join[:, None], p + rate[:, None] * (feat - p), p)
+        self.weight[rows, nearest] += join
+        self.used[rows, nearest] = np.where(join, step, self.used[rows, nearest])
+        slot = self.used.argmin(axis=1)  # least recently used (empty slots: -1)
+        self.protos[rows, slot] = np.where(novel[:, None], feat, self.protos[rows, slot])
+        self.weight[rows, slot] = np.where(novel, 1.0, self.weight[rows, slot])
+        self.used[rows, slot] = np.where(novel, step, self.used[rows, slot])
+        self.count = self.count + present
+        return np.clip(score, 0.0, 1.0)
