@@ -42,7 +42,7 @@ def test_worker_stopped_while_influxdb_is_down_loses_nothing(
     service_settings: Settings, tmp_path: Path, sig: int
 ) -> None:
     # A private InfluxDB for this test, so stopping it does not disturb anyone else.
-    with private_influx(service_settings, tmp_path / "run", "restarts") as (settings, influx):
+    with private_influx(service_settings, database="restarts") as (settings, influx):
         worker = _start_worker(settings, tmp_path)
         try:
             start_ns = (time.time_ns() - 200 * 10**9) // 10**9 * 10**9
