@@ -1,16 +1,15 @@
 """A host that lags behind the others is not a silent host (issue #4 robustness tests).
 
 The worker closes the windows of hosts "silent for a window + lateness + 10 s" with
-``WindowAggregator.close_idle_hosts``, measured in fleet event time (the newest sample of any
-host). A host whose samples arrive late but steadily -- its agent draining a disk buffer after a
-broker outage, or its partition read behind another one after a rebalance or a restart -- is taken
-for silent: every batch closes its open windows early (written partial) and its next samples are
-dropped as late. Found by tests/service/test_two_workers.py ("tail missing" windows).
+``WindowAggregator.close_idle_hosts``. Measured in fleet event time (the newest sample of any
+host), a host whose samples arrive late but steadily -- its agent draining a disk buffer after a
+broker outage, or its partition read behind another one after a rebalance or a restart -- was
+taken for silent: every batch closed its open windows early (written partial) and its next
+samples were dropped as late (found by tests/service/test_two_workers.py, "tail missing"
+windows). The worker now passes the wall clock (``now_ns``), as here.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from accelpilot.collectors.synthetic import synthetic_samples
 from accelpilot.streams.aggregates import WindowAggregator
@@ -19,11 +18,6 @@ WINDOW_S, LATENESS_S = 60.0, 5.0
 IDLE_S = WINDOW_S + LATENESS_S + 10.0  # what streams/app.py uses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: close_idle_hosts judges silence by fleet event time, so a lagging host's "
-    "windows are closed early and its samples dropped as late",
-)
 def test_a_host_100s_behind_keeps_complete_windows() -> None:
     t0 = 1_700_000_040 * 10**9 // (60 * 10**9) * 60 * 10**9
     x = list(synthetic_samples("x", n_devices=1, n_ticks=400, start_ns=t0, seed=1))
@@ -32,10 +26,12 @@ def test_a_host_100s_behind_keeps_complete_windows() -> None:
     order = [s for k in range(400) for s in ([x[k]] + ([y[k - 100]] if k >= 100 else []))]
     agg = WindowAggregator(WINDOW_S, LATENESS_S)
     out = []
-    for i in range(0, len(order), 50):  # batches, as the worker runs them
+    wall_ns = 1_800_000_000 * 10**9
+    for i in range(0, len(order), 50):  # batches, as the worker runs them, 0.2 s apart
         for s in order[i : i + 50]:
             out += agg.add(s)
-        out += agg.close_idle_hosts(IDLE_S)
+        wall_ns += 200_000_000
+        out += agg.close_idle_hosts(IDLE_S, now_ns=wall_ns)
     y_counts = [a.sample_count for a in out if a.scope == "device" and a.host_id == "y"]
     assert agg.late_dropped_total == 0
     assert y_counts == [60] * len(y_counts) and len(y_counts) >= 4
