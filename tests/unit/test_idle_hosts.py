@@ -11,7 +11,10 @@ windows). The worker now passes the wall clock (``now_ns``), as here.
 
 from __future__ import annotations
 
+import pytest
+
 from accelpilot.collectors.synthetic import synthetic_samples
+from accelpilot.schemas.samples import HostSample
 from accelpilot.streams.aggregates import WindowAggregator
 
 WINDOW_S, LATENESS_S = 60.0, 5.0
@@ -19,11 +22,7 @@ IDLE_S = WINDOW_S + LATENESS_S + 10.0  # what streams/app.py uses
 
 
 def test_a_host_100s_behind_keeps_complete_windows() -> None:
-    t0 = 1_700_000_040 * 10**9 // (60 * 10**9) * 60 * 10**9
-    x = list(synthetic_samples("x", n_devices=1, n_ticks=400, start_ns=t0, seed=1))
-    y = list(synthetic_samples("y", n_devices=1, n_ticks=400, start_ns=t0, seed=2))
-    # y's samples arrive 100 s of event time after x's, steadily, one per x sample.
-    order = [s for k in range(400) for s in ([x[k]] + ([y[k - 100]] if k >= 100 else []))]
+    order = _lagging_order()
     agg = WindowAggregator(WINDOW_S, LATENESS_S)
     out = []
     wall_ns = 1_800_000_000 * 10**9
@@ -35,3 +34,26 @@ def test_a_host_100s_behind_keeps_complete_windows() -> None:
     y_counts = [a.sample_count for a in out if a.scope == "device" and a.host_id == "y"]
     assert agg.late_dropped_total == 0
     assert y_counts == [60] * len(y_counts) and len(y_counts) >= 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit of the event-time mode (no now_ns): a lagging host is taken for silent, "
+    "its windows closed early and its samples dropped as late; the worker passes now_ns",
+)
+def test_event_time_mode_takes_a_lagging_host_for_silent() -> None:
+    agg = WindowAggregator(WINDOW_S, LATENESS_S)
+    order = _lagging_order()
+    for i in range(0, len(order), 50):
+        for s in order[i : i + 50]:
+            agg.add(s)
+        agg.close_idle_hosts(IDLE_S)
+    assert agg.late_dropped_total == 0
+
+
+def _lagging_order() -> list[HostSample]:
+    """Hosts x and y; y's samples arrive 100 s of event time after x's, steadily."""
+    t0 = 1_700_000_040 * 10**9 // (60 * 10**9) * 60 * 10**9
+    x = list(synthetic_samples("x", n_devices=1, n_ticks=400, start_ns=t0, seed=1))
+    y = list(synthetic_samples("y", n_devices=1, n_ticks=400, start_ns=t0, seed=2))
+    return [s for k in range(400) for s in ([x[k]] + ([y[k - 100]] if k >= 100 else []))]
