@@ -54,6 +54,9 @@ class NoveltyEpisodes(BatchDetector):
         refractory: silence after an alarm, as a fraction of the probation period.
         floor: weight of an alarm whose robust score is 0.
         novelty_offset: added to the excess before squashing (ranks alarms by novelty too).
+        rate_alpha, rate_ref: an alarm's score is divided by ``1 + rate / rate_ref``, ``rate``
+            the series' EW rate (weight ``rate_alpha``) of novel samples: a series that is
+            always novel (noise wider than the radius) alarms less (0 = off).
     """
 
     name = "novelty"
@@ -69,15 +72,14 @@ class NoveltyEpisodes(BatchDetector):
         window: int = 32,
         blocks: int = 4,
         levels: int = 0,
-        radius: float = 0.06,
+        radius: float = 0.05,
         capacity: int = 256,
         max_weight: float = 50.0,
         probation: float = 0.15,
         default_probation: int = 600,
         refractory: float = 0.2,
-        floor: float = 0.2,
+        floor: float = 0.5,
         novelty_offset: float = 0.5,
-        recent: int = 1,
         rate_alpha: float = 0.001,
         rate_ref: float = 0.01,
         seed: int = 0,
@@ -108,7 +110,6 @@ class NoveltyEpisodes(BatchDetector):
         self.radius, self.capacity = float(radius), int(capacity)
         self.max_weight = float(max_weight)
         self.floor, self.novelty_offset = float(floor), float(novelty_offset)
-        self.recent = int(recent)
         self.rate_alpha, self.rate_ref = float(rate_alpha), float(rate_ref)
         self.novel_rate = np.zeros(shape)
         self.count = np.zeros(shape)
@@ -120,24 +121,24 @@ class NoveltyEpisodes(BatchDetector):
         self.weight = np.zeros((n_series, capacity))
         self.used = np.full((n_series, capacity), -1.0)
 
-    def _scaled(self, values: FloatArray, present: BoolArray) -> FloatArray:
-        if not self.fixed_range:
-            v = np.where(present[:, None], values, np.nan)
-            with np.errstate(invalid="ignore"):
-                self.lo = np.fmin(self.lo, np.nanmin(v, axis=1, initial=np.inf))
-                self.hi = np.fmax(self.hi, np.nanmax(v, axis=1, initial=-np.inf))
-        span = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
-        x = (values - self.lo[:, None]) / span[:, None]
-        x = np.nan_to_num(x, nan=0.0)
-        if self.levels > 0:
-            x = np.round(x * self.levels) / self.levels
-        return x
+    def _learn_range(self, values: FloatArray, present: BoolArray) -> None:
+        if self.fixed_range:
+            return
+        v = np.where(present[:, None], values, np.nan)
+        with np.errstate(invalid="ignore"):
+            self.lo = np.fmin(self.lo, np.nanmin(v, axis=1, initial=np.inf))
+            self.hi = np.fmax(self.hi, np.nanmax(v, axis=1, initial=-np.inf))
 
     def _features(self) -> FloatArray:
+        """Block means and last value of the ring, scaled to the current range."""
         n, f, w = self.ring.shape
-        means = self.ring.reshape(n, f, self.blocks, w // self.blocks).mean(axis=3)
-        last = self.ring[:, :, -self.recent :].mean(axis=2, keepdims=True)
-        return np.concatenate([means, last], axis=2).reshape(n, -1)
+        span = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
+        lo = np.where(np.isfinite(self.lo), self.lo, 0.0)
+        x = (self.ring - lo[:, None, None]) / span[:, None, None]
+        if self.levels > 0:
+            x = np.round(x * self.levels) / self.levels
+        means = x.reshape(n, f, self.blocks, w // self.blocks).mean(axis=3)
+        return np.concatenate([means, x[:, :, -1:]], axis=2).reshape(n, -1)
 
     def _update_score(self, values: FloatArray, ts_ns: IntArray, present: BoolArray) -> FloatArray:
         robust = self.robust._update_score(values, ts_ns, present)
@@ -145,7 +146,15 @@ class NoveltyEpisodes(BatchDetector):
         if self.ring.shape[1] != f:
             self.ring = np.zeros((n, f, self.window))
             self.protos = np.zeros((n, self.capacity, f * (self.blocks + 1)))
-        x = self._scaled(values, present)
+        self._learn_range(values, present)
+        # A metric missing from a present sample repeats its last value (the range's low
+        # end before the first one).
+        lo = np.where(np.isfinite(self.lo), self.lo, 0.0)
+        x = np.where(
+            np.isnan(values),
+            np.where(self.count[:, None] > 0, self.ring[:, :, -1], lo[:, None]),
+            values,
+        )
         first = (self.count == 0) & present
         filled = np.where(first[:, None, None], x[:, :, None], self.ring)  # start flat
         shifted = np.concatenate([filled[:, :, 1:], x[:, :, None]], axis=2)

@@ -33,8 +33,9 @@ def _factories() -> dict[str, Factory]:
 
 #: The detector `detect csv` and the fleet use when none is named (fast: `bench detectors`).
 DEFAULT_DETECTOR = "ensemble"
-#: The detector `detect nab` and the NAB runner use when none is named (docs/detectors.md).
-NAB_DETECTOR = DEFAULT_DETECTOR
+#: The detector `detect nab` and the NAB runner use when none is named (docs/detectors.md):
+#: the sparse novelty detector, best of the registered ones on NAB.
+NAB_DETECTOR = "novelty"
 
 
 def detector_names() -> list[str]:
