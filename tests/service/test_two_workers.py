@@ -60,13 +60,11 @@ def _kill(worker: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="bugs found by this test (issue #4): (1) every run: the detectors' and alert "
-    "engine's state is not checkpointed, so an alert episode open when its partition moves to "
-    "the other worker (here at the workers' first rebalance) is reported again under a new id "
-    "(thermal node1/gpu3 and device_silent node0/gpu6 twice each); (2) some runs: a partition "
-    "read behind another after a rebalance makes its hosts look silent to close_idle_hosts "
-    "(fleet event time), so their windows are written partial and later samples dropped as "
-    "late (tests/unit/test_idle_hosts.py). Windows and points were otherwise exact.",
+    reason="bug found by this test (issue #4), in some runs: the detectors' and alert engine's "
+    "state is not checkpointed, so an alert episode open when its partition moves to the other "
+    "worker (the workers' first rebalance) is reported again under a new id (thermal node1/gpu3 "
+    "and device_silent node0/gpu6 twice each; docs/streams.md, 'Checkpointing detector "
+    "state'). Its other finding, lagging partitions taken for silent hosts, is fixed (aa30a9c).",
 )
 def test_sigkilled_worker_of_two_restarts_and_every_contribution_lands_exactly_once(
     service_settings: Settings, tmp_path: Path
