@@ -275,4 +275,9 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
 def _random_cluster_id() -> str:
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Like Kafka's own Uuid.randomUuid: an id starting with "-" would be read as an option by
+    # the storage tool's command line (`format -t -abc...` fails), so draw again.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from accelpilot.console.app import create_app
 from accelpilot.console.auth import Auth, parse_tokens
@@ -105,10 +106,21 @@ def page(request: pytest.FixtureRequest) -> Iterator[object]:
 
 
 def wait_for(predicate: object, timeout_s: float = 20.0, what: str = "condition") -> None:
-    """Poll ``predicate()`` (a callable) until it is true."""
+    """Poll ``predicate()`` (a callable) until it is true.
+
+    A predicate that cannot be evaluated yet (the page's state is still ``null`` before its
+    first poll: a comparison with ``None`` or a JS TypeError) counts as false, not as a failure.
+    """
     deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except (TypeError, PlaywrightError) as e:
+            last_error = e
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    raise AssertionError(
+        f"timed out after {timeout_s} s waiting for {what}"
+        + (f" (last error: {last_error})" if last_error else "")
+    )
