@@ -15,15 +15,18 @@ Per series, at every sample:
    (leader clustering). The root-mean-square distance to the nearest prototype, divided by
    ``radius``, is the *novelty*. If it is within the radius the vector joins that prototype
    (running mean, learning rate at least ``1 / max_weight``); otherwise it becomes a new
-   prototype, replacing the least-recently-used one when memory is full.
+   prototype, replacing the least-recently-used one when memory is full. The radius widens
+   for noisy series: it is at least ``noise_k`` x the series' EW mean RMS move of the
+   feature vector from one sample to the next (weight ``rate_alpha``).
 4. **Alarm sparsely**: during the probation period (``probation`` x the file length when
    ``n_samples`` is given, else ``default_probation`` samples) the detector only learns. After
    it, a sample is an alarm when its novelty exceeds 1 and the series has not alarmed in the
    last ``refractory`` x probation samples. An alarm scores ``e / (e + 1)`` of its excess
    ``e = novelty - 1 + novelty_offset`` times ``floor + (1 - floor) x robust``, where
    ``robust`` is the :class:`~accelpilot.detectors.robust.RobustZ` score of the same sample,
-   so that changes large against the series' own spread rank first. Every other sample
-   scores 0.
+   so that changes large against the series' own spread rank first, divided by
+   ``1 + rate / rate_ref`` (``rate``: how often the series has been novel lately). Every
+   other sample scores 0.
 
 Strictly streaming (each step scores with the state before the sample, then learns);
 memory per series is fixed (``capacity x d`` prototypes plus a ``window`` ring).
@@ -54,6 +57,7 @@ class NoveltyEpisodes(BatchDetector):
         refractory: silence after an alarm, as a fraction of the probation period.
         floor: weight of an alarm whose robust score is 0.
         novelty_offset: added to the excess before squashing (ranks alarms by novelty too).
+        noise_k: the radius is at least this many typical sample-to-sample moves (0 = off).
         rate_alpha, rate_ref: an alarm's score is divided by ``1 + rate / rate_ref``, ``rate``
             the series' EW rate (weight ``rate_alpha``) of novel samples: a series that is
             always novel (noise wider than the radius) alarms less (0 = off).
@@ -73,7 +77,7 @@ class NoveltyEpisodes(BatchDetector):
         blocks: int = 4,
         levels: int = 0,
         radius: float = 0.05,
-        capacity: int = 256,
+        capacity: int = 128,
         max_weight: float = 50.0,
         probation: float = 0.15,
         default_probation: int = 600,
@@ -82,6 +86,7 @@ class NoveltyEpisodes(BatchDetector):
         novelty_offset: float = 0.5,
         rate_alpha: float = 0.001,
         rate_ref: float = 0.01,
+        noise_k: float = 2.0,
         seed: int = 0,
     ) -> None:
         super().__init__(n_series)
@@ -112,6 +117,9 @@ class NoveltyEpisodes(BatchDetector):
         self.floor, self.novelty_offset = float(floor), float(novelty_offset)
         self.rate_alpha, self.rate_ref = float(rate_alpha), float(rate_ref)
         self.novel_rate = np.zeros(shape)
+        self.noise_k = float(noise_k)
+        self.noise = np.zeros(shape)
+        self.prev_feat = np.zeros((n_series, 0))
         self.count = np.zeros(shape)
         self.last_alarm = np.full(shape, -np.inf)
         self.robust = RobustZ(n_series, seed=seed)
@@ -167,7 +175,16 @@ class NoveltyEpisodes(BatchDetector):
         dist = np.where(self.weight > 0, dist, np.inf)
         nearest = dist.argmin(axis=1)
         rows = np.arange(n)
-        novelty = dist[rows, nearest] / self.radius  # inf while memory is empty
+        radius = self.radius
+        if self.noise_k > 0:
+            if self.prev_feat.shape != feat.shape:
+                self.prev_feat = feat.copy()
+            moved = np.sqrt(((feat - self.prev_feat) ** 2).mean(axis=1))
+            a = np.maximum(self.rate_alpha, 1.0 / (self.count + 1.0))
+            self.noise = np.where(present, self.noise + a * (moved - self.noise), self.noise)
+            self.prev_feat = np.where(present[:, None], feat, self.prev_feat)
+            radius = np.maximum(self.radius, self.noise_k * self.noise)
+        novelty = dist[rows, nearest] / radius  # inf while memory is empty
 
         # Score with the memory as it was, then learn.
         step = self.count

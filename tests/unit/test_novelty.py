@@ -39,12 +39,12 @@ def test_one_alarm_at_the_onset_of_a_new_behaviour() -> None:
 
 
 def test_learns_its_range_without_one() -> None:
-    values = square_wave(1000)
+    values = 0.5 + 0.5 * np.sin(2 * np.pi * np.arange(1000) / 50)
     values[700] = 3.0  # a spike outside everything seen
     det = NoveltyEpisodes(1, default_probation=150)
     scores = run(det, values[:, None])
     assert np.flatnonzero(scores > 0)[0] == 700
-    assert det.lo[0] == 0.0 and det.hi[0] == 3.0
+    assert det.lo[0] == pytest.approx(0.0, abs=1e-3) and det.hi[0] == 3.0
 
 
 def test_series_are_independent() -> None:
