@@ -17,7 +17,7 @@ Per series, at every sample:
    (running mean, learning rate at least ``1 / max_weight``); otherwise it becomes a new
    prototype, replacing the least-recently-used one when memory is full. The radius widens
    for noisy series: it is at least ``noise_k`` x the series' EW mean RMS move of the
-   feature vector from one sample to the next (weight ``rate_alpha``).
+   feature vector from one sample to the next (weight ``noise_alpha``).
 4. **Alarm sparsely**: during the probation period (``probation`` x the file length when
    ``n_samples`` is given, else ``default_probation`` samples) the detector only learns. After
    it, a sample is an alarm when its novelty exceeds 1 and the series has not alarmed in the
@@ -57,7 +57,8 @@ class NoveltyEpisodes(BatchDetector):
         refractory: silence after an alarm, as a fraction of the probation period.
         floor: weight of an alarm whose robust score is 0.
         novelty_offset: added to the excess before squashing (ranks alarms by novelty too).
-        noise_k: the radius is at least this many typical sample-to-sample moves (0 = off).
+        noise_k, noise_alpha: the radius is at least ``noise_k`` typical sample-to-sample
+            moves of the feature vector (EW mean with weight ``noise_alpha``; 0 = off).
         rate_alpha, rate_ref: an alarm's score is divided by ``1 + rate / rate_ref``, ``rate``
             the series' EW rate (weight ``rate_alpha``) of novel samples: a series that is
             always novel (noise wider than the radius) alarms less (0 = off).
@@ -87,6 +88,7 @@ class NoveltyEpisodes(BatchDetector):
         rate_alpha: float = 0.001,
         rate_ref: float = 0.01,
         noise_k: float = 2.0,
+        noise_alpha: float = 0.01,
         seed: int = 0,
     ) -> None:
         super().__init__(n_series)
@@ -118,6 +120,7 @@ class NoveltyEpisodes(BatchDetector):
         self.rate_alpha, self.rate_ref = float(rate_alpha), float(rate_ref)
         self.novel_rate = np.zeros(shape)
         self.noise_k = float(noise_k)
+        self.noise_alpha = float(noise_alpha)
         self.noise = np.zeros(shape)
         self.prev_feat = np.zeros((n_series, 0))
         self.count = np.zeros(shape)
@@ -180,7 +183,7 @@ class NoveltyEpisodes(BatchDetector):
             if self.prev_feat.shape != feat.shape:
                 self.prev_feat = feat.copy()
             moved = np.sqrt(((feat - self.prev_feat) ** 2).mean(axis=1))
-            a = np.maximum(self.rate_alpha, 1.0 / (self.count + 1.0))
+            a = np.maximum(self.noise_alpha, 1.0 / (self.count + 1.0))
             self.noise = np.where(present, self.noise + a * (moved - self.noise), self.noise)
             self.prev_feat = np.where(present[:, None], feat, self.prev_feat)
             radius = np.maximum(self.radius, self.noise_k * self.noise)

@@ -26,7 +26,7 @@ FAST_KWARGS = {
     "forecaster": {"train_every": 50, "train_steps": 5, "min_train": 64, "reservoir": 512},
     "peers": {"groups": GROUPS},
     "ensemble": {"member_kwargs": {"peers": {"groups": GROUPS}}},
-    "novelty": {"default_probation": 100, "refractory": 0.1},
+    "novelty": {"default_probation": 100, "refractory": 0.05},
 }
 
 # The torch forecaster takes ~70 s over the suite on 2 cores: marked slow (CI runs it).
