@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from accelpilot.detectors import nab
+from accelpilot.detectors.nab_runner import read_series, score_series
 from accelpilot.detectors.novelty import NoveltyEpisodes
 
 T0_NS = 1_700_000_000 * 10**9
@@ -62,3 +66,17 @@ def test_bad_arguments_are_refused() -> None:
         NoveltyEpisodes(1, value_min=0.0)
     with pytest.raises(ValueError, match="multiple"):
         NoveltyEpisodes(1, window=10, blocks=4)
+
+
+NAB_DIR = Path("/work/shared/data/nab")
+
+
+@pytest.mark.skipif(not (NAB_DIR / "labels").exists(), reason="NAB corpus absent")
+def test_nab_files_batched_score_as_alone() -> None:
+    """The NAB runner batches files with their own ranges; each file scores as if alone."""
+    paths = nab.list_data_files(NAB_DIR)[10:13]
+    series = [read_series(NAB_DIR / p) for p in paths]
+    batched = score_series(series, "novelty")
+    for s, b in zip(series, batched, strict=True):
+        np.testing.assert_array_equal(b, score_series([s], "novelty")[0])
+    assert all((b > 0).any() for b in batched)
