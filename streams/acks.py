@@ -3,7 +3,9 @@
 The aggregates' in-memory state is then never the only copy of a sample's contribution: until
 its windows are written, the sample's offset is not committed, so a worker that dies (or loses
 the partition) leaves those samples to be read again, and the windows are rebuilt from the log
-and written once (InfluxDB points are keyed by window start: rewrites are idempotent). The Kafka
+and written once (InfluxDB points are keyed by window start: rewrites are idempotent). A
+window already written (the partition's offset is one number for several hosts, so a replay can
+start inside it) is not rebuilt: streams/host_state.py records it per host. The Kafka
 log is the aggregation state; the commit lags by at most one window plus the allowed lateness.
 
 Known approximation: after such a replay, the first rebuilt window of a host lacks the energy

@@ -516,6 +516,18 @@ class WindowAggregator:
             self._close_host(host, end, out)
         return out
 
+    def resume_host(self, host_id: str, written_until_ns: int) -> None:
+        """The windows of ``host_id`` ending at or before ``written_until_ns`` were written
+        before (by this worker before a restart, or by the partition's previous owner): its
+        samples in them are dropped as late (streams/host_state.py)."""
+        host = self._hosts.get(host_id)
+        if host is None:
+            host = self._new_host(host_id)
+        if written_until_ns > host.closed_until_ns:
+            host.closed_until_ns = written_until_ns
+            for w in [w for w in host.windows if (w + 1) * self._window_ns <= written_until_ns]:
+                del host.windows[w]
+
     def closed_until_ns(self, host_id: str) -> int | None:
         """Windows of ``host_id`` ending at or before this are closed (None: nothing closed)."""
         host = self._hosts.get(host_id)

@@ -5,6 +5,8 @@
 Detector and alert state is in memory: a restarted worker warms its detectors up again (about
 30 samples per device) and an alert episode still open at the restart is reported again under a
 new id (its start time changes). docs/streams.md says why that state is not checkpointed yet.
+What is checkpointed: per host, the end of the last window written to InfluxDB (a faust table,
+streams/host_state.py), so a replay from an offset inside a written window does not rewrite it.
 
 Each batch (``noack_take``: bounded by count and time) is processed by :class:`BatchStages`
 (pure), its sends started at once; a committer task then awaits the batch's deliveries and its
@@ -40,6 +42,13 @@ from accelpilot.streams.aggregates import FloatArray, WindowAggregator, sample_v
 from accelpilot.streams.alerting import DeviceMonitor
 from accelpilot.streams.dead_letters import dead_letter, send_rejected_lines
 from accelpilot.streams.event_lines import alert_lines, anomaly_lines
+from accelpilot.streams.host_state import (
+    HostRecord,
+    decode_record,
+    encode_record,
+    merged,
+    written_windows,
+)
 from accelpilot.streams.in_order_acks import InOrderAcks
 from accelpilot.streams.influx_lines import sample_lines
 from accelpilot.streams.influx_sink import InfluxSink
@@ -85,15 +94,42 @@ class BatchStages:
         w: WorkerSettings,
         monitor: DeviceMonitor | None = None,
         clock: Callable[[], int] | None = None,
+        host_record: Callable[[str], HostRecord | None] | None = None,
     ) -> None:
         self.monitor = monitor or DeviceMonitor()
         self.clock = clock  # ns; wall time (time.time_ns) when None
         self.max_future_ns = int(w.max_future_skew_s * 1e9)
-        self.aggregators = [WindowAggregator(win, w.allowed_lateness_s) for win in w.windows_s]
-        self.gate = AckGate(self.aggregators)
+        self.windows_s = list(w.windows_s)
+        self.allowed_lateness_s = w.allowed_lateness_s
+        # The durable record of each host's windows already written (streams/host_state.py),
+        # looked up once per host after each reset.
+        self.host_record = host_record
+        self.aggregators: list[WindowAggregator] = []
+        self.gate = AckGate([])
+        self._resumed: set[str] = set()
+        self.reset_windows()
         # A host silent this long (event time) has its open windows closed and its samples
         # acked.
         self.idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
+
+    def reset_windows(self) -> None:
+        """Forget every open window (a rebalance: partitions are read again from their
+        committed offsets); the hosts' durable records are looked up again."""
+        self.aggregators = [
+            WindowAggregator(win, self.allowed_lateness_s) for win in self.windows_s
+        ]
+        self.gate = AckGate(self.aggregators)
+        self._resumed = set()
+
+    def _resume(self, host_id: str) -> None:
+        self._resumed.add(host_id)
+        record = None if self.host_record is None else self.host_record(host_id)
+        if record is None:
+            return
+        for aggregator in self.aggregators:
+            end = record.written_until_ns(aggregator.window_s)
+            if end is not None:
+                aggregator.resume_host(host_id, end)
 
     def run(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
         """Both steps at once (see :meth:`detect` and :meth:`aggregate`)."""
@@ -127,8 +163,10 @@ class BatchStages:
         """Step 2: windowed aggregates of the accepted samples, and the events now releasable
         (``tokens[i]`` of a sample is held until every window containing it has closed)."""
         aggregates: list[Aggregate] = []
-        aggregators, gate = self.aggregators, self.gate
+        aggregators, gate, resumed = self.aggregators, self.gate, self._resumed
         for sample, token, values in zip(out.accepted, out.held, out.values, strict=True):
+            if sample.host_id not in resumed:
+                self._resume(sample.host_id)
             for aggregator in aggregators:
                 aggregates += aggregator.add(sample, values)
             gate.hold(sample.host_id, sample.ts_ns, token)
@@ -193,7 +231,22 @@ def make_app(settings: Settings) -> faust.App:
     sink = InfluxSink(
         settings.influx, on_rejected=send_rejected_lines(dlq_topic, settings.topic(SAMPLES))
     )
-    stages = BatchStages(w)
+    # Per host: the windows already written (streams/host_state.py). Changelog-backed, keyed
+    # by host id, written on the partition of the host's samples: it moves with the partition.
+    host_table = app.Table(
+        "host-state",
+        key_type=bytes,
+        value_type=bytes,  # bytes: faust's "raw" serializer both ways
+        partitions=settings.kafka.partitions,
+        default=None,
+    )
+
+    def host_record(host_id: str) -> HostRecord | None:
+        raw = host_table.data.get(host_id.encode())
+        return None if raw is None else decode_record(raw)
+
+    stages = BatchStages(w, host_record=host_record)
+    host_partition: dict[str, int] = {}  # the partition each host's samples come from
     # faust 0.15.3 can commit past an unacked offset: ack in arrival order (in_order_acks.py).
     in_order = InOrderAcks()
     gate = stages.gate
@@ -217,12 +270,16 @@ def make_app(settings: Settings) -> faust.App:
             pending.append(await _send_dead_letter(dlq_topic, event.message, raws[i], err, now_ns))
             ack_now.append(event)
         out = stages.aggregate(out)
+        for sample, event in zip(out.accepted, out.held, strict=True):
+            if sample.host_id not in host_partition:
+                host_partition[sample.host_id] = event.message.partition
         outgoing = [(anomalies_topic, a.host_id, a) for a in out.anomalies]
         outgoing += [(aggregates_topic, a.host_id or "fleet", a) for a in out.aggregates]
         outgoing += [(rollup_topic, "fleet", a) for a in out.aggregates if a.scope == "host"]
         for topic, key, payload in outgoing:
             pending.append(await _send(topic, key, encode(payload)))
-        return _Effects(pending, out.lines, ack_now + out.releasable)
+        written = written_windows(out.aggregates)
+        return _Effects(pending, out.lines, ack_now + out.releasable, written)
 
     async def commit_effects(effects: asyncio.Queue[_Effects], manual: Any) -> None:
         """Await each batch's deliveries and InfluxDB write, in batch order, then ack its
@@ -233,6 +290,19 @@ def make_app(settings: Settings) -> faust.App:
             for fut in batch.pending:  # dead letters and payloads delivered (acks=all)
                 await fut
             await sink.write(batch.lines)
+            # The windows just written are recorded before the events are acked: a replay
+            # from an offset inside them drops their samples instead of rewriting them.
+            records = []
+            for host_id, ends in batch.written.items():
+                partition = host_partition.get(host_id)
+                record = merged(host_record(host_id), ends)
+                if record is None or partition is None:
+                    continue
+                key, value = host_id.encode(), encode_record(record)
+                host_table.data[key] = value
+                records.append(host_table.send_changelog(partition, key, value))
+            for fut in records:
+                await fut
             for event in in_order.release(batch.ack):
                 await manual.ack(event)
             effects.task_done()
@@ -265,8 +335,8 @@ def make_app(settings: Settings) -> faust.App:
         # committed offset, so each host's new owner rebuilds its open windows. Kept here, a
         # host that moved would have its windows closed later (idle) and written partial, over
         # the complete ones of its new owner (tests/service/test_two_workers.py).
-        stages.aggregators = [WindowAggregator(x, w.allowed_lateness_s) for x in w.windows_s]
-        stages.gate = AckGate(stages.aggregators)
+        stages.reset_windows()
+        host_partition.clear()
         in_order.reset()
         app.accelpilot_gate = stages.gate  # type: ignore[attr-defined]
 
@@ -320,6 +390,7 @@ class _Effects:
     pending: list[Any]  # delivery futures (dead letters, aggregates, anomalies, alerts)
     lines: list[str]  # line protocol for InfluxDB
     ack: list[Any]  # events to ack once the above landed
+    written: dict[str, dict[str, int]]  # per host: the windows it writes (host_state.py)
 
 
 def _has_lz4() -> bool:

@@ -63,8 +63,9 @@ def _kill(worker: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     reason="bug found by this test (issue #4), in some runs: the detectors' and alert engine's "
     "state is not checkpointed, so an alert episode open when its partition moves to the other "
     "worker (the workers' first rebalance) is reported again under a new id (thermal node1/gpu3 "
-    "and device_silent node0/gpu6 twice each; docs/streams.md, 'Checkpointing detector "
-    "state'). Its other finding, lagging partitions taken for silent hosts, is fixed (aa30a9c).",
+    "and device_silent node0/gpu6 twice each; docs/streams.md, 'Checkpointing', 'Not built: "
+    "detector and alert state'). Its other finding, lagging partitions taken for silent hosts, "
+    "is fixed (aa30a9c); written windows are no longer rewritten (streams/host_state.py).",
 )
 def test_sigkilled_worker_of_two_restarts_and_every_contribution_lands_exactly_once(
     service_settings: Settings, tmp_path: Path

@@ -107,15 +107,9 @@ def test_restart_rewrites_no_window_partially_when_hosts_on_a_partition_lag(
         wait_until(landed, 120, lambda: None)
         wrong = sorted((k, v, got.get(k)) for k, v in want.items() if got.get(k) != v)
         # node2 (the lagging host) loses nothing: faust 0.15.3 would commit past its held
-        # samples (streams/in_order_acks.py), and a restart would never read them again.
-        assert [x for x in wrong if x[0][0].startswith("node2/")] == []
-        if wrong:  # known bug, issue #4: see the reason
-            pytest.xfail(
-                "bug: a replay from the partition's committed offset rebuilds a window of "
-                "node1 that had already closed and been written from its later samples only, "
-                "and overwrites it (the worker keeps no record of the windows it wrote): "
-                f"{len(wrong)} windows (key, want, got): {wrong[:4]}"
-            )
+        # samples (streams/in_order_acks.py), and a restart would never read them again. node1's
+        # written windows are not rebuilt from their later samples (streams/host_state.py).
+        assert wrong == [], f"{len(wrong)} windows (key, want, got): {wrong[:4]}"
     finally:
         if worker.poll() is None:
             _stop(worker, signal.SIGKILL)

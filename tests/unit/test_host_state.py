@@ -1,0 +1,108 @@
+"""The per-host record of windows already written, and a replay that starts inside them."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from accelpilot.collectors.synthetic import synthetic_samples
+from accelpilot.config import WorkerSettings
+from accelpilot.schemas import codec
+from accelpilot.schemas.aggregates import Aggregate
+from accelpilot.streams.aggregates import WindowAggregator
+from accelpilot.streams.app import BatchStages
+from accelpilot.streams.host_state import (
+    HostRecord,
+    decode_record,
+    encode_record,
+    merged,
+    window_key,
+    written_windows,
+)
+
+T0 = 1_700_000_040 * 10**9 // (60 * 10**9) * 60 * 10**9  # on a minute
+
+
+def _host_windows(out: list[Aggregate]) -> list[tuple[str, float, int]]:
+    return [(a.key, a.window_s, a.window_start_ns) for a in out if a.scope == "host"]
+
+
+def test_record_round_trip_and_lookup() -> None:
+    record = HostRecord(written_ns={window_key(10.0): 5, window_key(60): 7})
+    back = decode_record(encode_record(record))
+    assert back == record
+    assert back.written_until_ns(10) == 5
+    assert back.written_until_ns(60.0) == 7
+    assert back.written_until_ns(1.0) is None
+
+
+@given(st.lists(st.tuples(st.sampled_from(["10.0", "60.0"]), st.integers(0, 10**6)), max_size=8))
+def test_merged_never_moves_a_record_back(updates: list[tuple[str, int]]) -> None:
+    record: HostRecord | None = None
+    for k, end in updates:
+        new = merged(record, {k: end})
+        before = {} if record is None else record.written_ns
+        if new is None:
+            assert before.get(k, -1) >= end
+        else:
+            assert new.written_ns[k] == max(before.get(k, -1), end)
+            assert {x: v for x, v in new.written_ns.items() if x != k} == {
+                x: v for x, v in before.items() if x != k
+            }
+            record = new
+
+
+def test_written_windows_keeps_the_latest_host_window_per_size() -> None:
+    agg = WindowAggregator(10.0, 0.0)
+    out = [
+        a for s in synthetic_samples("h1", n_devices=2, n_ticks=35, start_ns=T0) for a in agg.add(s)
+    ]
+    assert written_windows(out) == {"h1": {window_key(10.0): T0 + 30 * 10**9}}
+
+
+def test_resume_host_drops_samples_of_written_windows() -> None:
+    agg = WindowAggregator(10.0, 0.0)
+    agg.resume_host("h1", T0 + 20 * 10**9)
+    assert agg.closed_until_ns("h1") == T0 + 20 * 10**9
+    out = [
+        a for s in synthetic_samples("h1", n_devices=1, n_ticks=35, start_ns=T0) for a in agg.add(s)
+    ]
+    assert [w[2] for w in _host_windows(out)] == [T0 + 20 * 10**9]
+    assert agg.late_dropped_total == 20
+
+
+def test_a_replay_from_inside_a_written_window_does_not_rewrite_it() -> None:
+    """A worker wrote [60 s, 120 s) and died with the committed offset at 91 s; its successor,
+    given the host's record, drops 91..119 s (acking them) instead of writing the window
+    again from those samples alone, and writes the next windows complete."""
+    w = WorkerSettings(windows_s=(10.0, 60.0), allowed_lateness_s=0.0)
+    samples = list(synthetic_samples("h1", n_devices=2, n_ticks=200, start_ns=T0))
+    raws = [codec.encode(s) for s in samples]
+    now = T0 + 200 * 10**9
+    first = BatchStages(w, clock=lambda: now)
+    out = first.run(raws[:141], list(range(141)), now)
+    record = merged(None, written_windows(out.aggregates)["h1"])
+    assert record is not None and record.written_until_ns(60) == T0 + 120 * 10**9
+
+    second = BatchStages(w, clock=lambda: now, host_record={"h1": record}.get)
+    replay = second.run(raws[91:], list(range(91, 200)), now)
+    rewritten = [k for k in _host_windows(replay.aggregates) if k[2] < T0 + 120 * 10**9]
+    assert rewritten == []
+    assert set(range(91, 120)) <= set(replay.releasable)  # their windows are written
+    full = BatchStages(w, clock=lambda: now).run(raws, list(range(200)), now)
+    later = {(a.key, a.window_s, a.window_start_ns): a.sample_count for a in full.aggregates}
+    for a in replay.aggregates:
+        assert later[(a.key, a.window_s, a.window_start_ns)] == a.sample_count
+
+
+def test_reset_windows_looks_the_records_up_again() -> None:
+    w = WorkerSettings(windows_s=(10.0,), allowed_lateness_s=0.0)
+    records: dict[str, HostRecord] = {}
+    stages = BatchStages(w, clock=lambda: T0, host_record=records.get)
+    raws = [codec.encode(s) for s in synthetic_samples("h1", n_devices=1, n_ticks=30, start_ns=T0)]
+    stages.run(raws[:5], list(range(5)), T0)
+    records["h1"] = HostRecord(written_ns={window_key(10.0): T0 + 20 * 10**9})
+    stages.reset_windows()
+    out = stages.run(raws[5:], list(range(5, 30)), T0)
+    assert _host_windows(out.aggregates) == []  # 5..19 s written before, 20..29 s still open
+    assert stages.aggregators[0].late_dropped_total == 15
