@@ -169,12 +169,16 @@ class InfluxServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def _alive_after(self, delay_s: float) -> bool:
+        time.sleep(delay_s)
+        return self.pid() is not None
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             # Read twice before calling it dead: right after the start, /proc of a just-started
             # server has been seen not to match its pid file for a moment on a loaded machine.
-            if self.pid() is None and (time.sleep(0.5) or self.pid() is None):
+            if self.pid() is None and not self._alive_after(0.5):
                 raise StackError(
                     "influxdb:wait-ready",
                     "influxd exited; log tail:\n" + process.log_tail(self.log_file),
