@@ -17,10 +17,10 @@ Phases, all in one run, each on its own topics and database (removed at the end)
 4. **Naive design.** One JSON Kafka message per metric per device, one influxdb-client ``Point``
    per message (``streams/bench_naive.py``), measured the same way as phase 1.
 5. **Floors**, to say where the time goes: ``stages`` = the worker's pure per-batch code
-   (:class:`~accelpilot.streams.app.BatchStages`, payload encoding included) in this process per
-   CPU second, no Kafka, no InfluxDB; ``faust_noop`` = a faust agent that only acks (same
-   ``noack_take`` batching) draining the same backlog, in its own process; ``aiokafka_getmany`` =
-   the same backlog read by a bare aiokafka consumer in this process.
+   (:class:`~accelpilot.streams.batch_stages.BatchStages`, payload encoding included) in this
+   process per CPU second, no Kafka, no InfluxDB; ``faust_noop`` = a faust agent that only
+   acks (``noack_take`` batching) draining the same backlog, in its own process;
+   ``aiokafka_getmany`` = the same backlog read by a bare aiokafka consumer in this process.
 
 All processes share this machine's cores (broker, InfluxDB, worker, this process): the figures
 include that contention and ``loadavg`` is reported alongside.
@@ -411,7 +411,7 @@ def _influx_alone(
 
 def _stages(run: Settings, per_host: list[list[HostSample]]) -> dict[str, Any]:
     """The worker's pure per-batch code over the backlog's messages, per CPU second."""
-    from accelpilot.streams.app import BatchStages
+    from accelpilot.streams.batch_stages import BatchStages
 
     ticks, devices = len(per_host[0]), len(per_host[0][0].device_ids)
     raws = [codec.encode(per_host[h][k]) for k in range(ticks) for h in range(len(per_host))]

@@ -106,9 +106,10 @@ def test_restart_rewrites_no_window_partially_when_hosts_on_a_partition_lag(
 
         wait_until(landed, 120, lambda: None)
         wrong = sorted((k, v, got.get(k)) for k, v in want.items() if got.get(k) != v)
-        # node2 (the lagging host) loses nothing: faust 0.15.3 would commit past its held
-        # samples (streams/in_order_acks.py), and a restart would never read them again. node1's
-        # written windows are not rebuilt from their later samples (streams/host_state.py).
+        # node2 (the lagging host) loses nothing: only each partition's done prefix is committed
+        # (streams/offset_ledger.py), and no record is dropped or repeated around the restart's
+        # rebalance (faust's consumer did both: docs/streams.md). node1's written windows are
+        # not rebuilt from their later samples (streams/host_state.py).
         assert wrong == [], f"{len(wrong)} windows (key, want, got): {wrong[:4]}"
     finally:
         if worker.poll() is None:

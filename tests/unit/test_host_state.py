@@ -10,7 +10,7 @@ from accelpilot.config import WorkerSettings
 from accelpilot.schemas import codec
 from accelpilot.schemas.aggregates import Aggregate
 from accelpilot.streams.aggregates import WindowAggregator
-from accelpilot.streams.app import BatchStages
+from accelpilot.streams.batch_stages import BatchStages
 from accelpilot.streams.host_state import (
     HostRecord,
     decode_record,

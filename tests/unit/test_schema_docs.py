@@ -125,8 +125,9 @@ def _reasons_in_code() -> set[str]:
     pattern = re.compile(r'Error\(\s*"([a-z][a-z-]*)"')
     sources = [Path(codec.__file__), Path(accelpilot.streams.ingest.__file__)]
     found = {r for src in sources for r in pattern.findall(src.read_text(encoding="utf-8"))}
-    app = Path(accelpilot.streams.ingest.__file__).with_name("app.py").read_text(encoding="utf-8")
-    return found | ({"internal-error:<Type>"} if 'f"internal-error:' in app else set())
+    loop = Path(accelpilot.streams.ingest.__file__).with_name("ingest_loop.py")
+    internal = 'f"internal-error:' in loop.read_text(encoding="utf-8")
+    return found | ({"internal-error:<Type>"} if internal else set())
 
 
 def test_every_dlq_reason_is_documented() -> None:

@@ -1,0 +1,152 @@
+"""The worker's pure work on one batch of ``telemetry.samples`` records: ingest, line protocol,
+detection and alerts, windowed aggregates, and which records may be acknowledged.
+
+No Kafka and no InfluxDB here: the worker's ingest loop (streams/ingest_loop.py) and
+``accelpilot bench pipeline`` (its in-process stage figure) run this same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from accelpilot.config import WorkerSettings
+from accelpilot.errors import SchemaError
+from accelpilot.schemas.aggregates import Aggregate
+from accelpilot.schemas.alerts import Alert
+from accelpilot.schemas.anomalies import AnomalyScore
+from accelpilot.schemas.samples import HostSample
+from accelpilot.streams.acks import AckGate
+from accelpilot.streams.aggregate_lines import aggregate_lines
+from accelpilot.streams.aggregates import FloatArray, WindowAggregator, sample_values
+from accelpilot.streams.alerting import DeviceMonitor
+from accelpilot.streams.event_lines import alert_lines, anomaly_lines
+from accelpilot.streams.host_state import HostRecord
+from accelpilot.streams.influx_lines import sample_lines
+from accelpilot.streams.ingest import ingest_sample
+
+
+class InternalError(SchemaError):
+    """A bug of ours met while handling one message: it goes to the DLQ, the worker goes on."""
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """What one batch produced: rejects (index in the batch, error), InfluxDB lines, payloads
+    to publish, and the tokens (events) whose windows have all closed."""
+
+    rejected: list[tuple[int, Exception]]
+    lines: list[str]
+    alerts: list[Alert]
+    anomalies: list[AnomalyScore]
+    aggregates: list[Aggregate]
+    releasable: list[Any]
+    accepted: list[HostSample]  # between the two steps of BatchStages
+    held: list[Any]
+    values: list[FloatArray]  # sample_values of each accepted sample
+
+
+class BatchStages:
+    """The worker's pure work on one batch (no Kafka, no InfluxDB): ingest, line protocol,
+    windowed aggregates, detection and alerts, and which events may be acknowledged.
+
+    The worker's ingest loop and ``accelpilot bench pipeline`` (its in-process stage figure) run
+    this same code.
+    """
+
+    def __init__(
+        self,
+        w: WorkerSettings,
+        monitor: DeviceMonitor | None = None,
+        clock: Callable[[], int] | None = None,
+        host_record: Callable[[str], HostRecord | None] | None = None,
+    ) -> None:
+        self.monitor = monitor or DeviceMonitor()
+        self.clock = clock  # ns; wall time (time.time_ns) when None
+        self.max_future_ns = int(w.max_future_skew_s * 1e9)
+        self.windows_s = list(w.windows_s)
+        self.allowed_lateness_s = w.allowed_lateness_s
+        # The durable record of each host's windows already written (streams/host_state.py),
+        # looked up once per host after each reset.
+        self.host_record = host_record
+        self.aggregators: list[WindowAggregator] = []
+        self.gate = AckGate([])
+        self._resumed: set[str] = set()
+        self.reset_windows()
+        # A host silent this long (event time) has its open windows closed and its samples
+        # acked.
+        self.idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
+
+    def reset_windows(self) -> None:
+        """Forget every open window (a rebalance: partitions are read again from their
+        committed offsets); the hosts' durable records are looked up again."""
+        self.aggregators = [
+            WindowAggregator(win, self.allowed_lateness_s) for win in self.windows_s
+        ]
+        self.gate = AckGate(self.aggregators)
+        self._resumed = set()
+
+    def _resume(self, host_id: str) -> None:
+        self._resumed.add(host_id)
+        record = None if self.host_record is None else self.host_record(host_id)
+        if record is None:
+            return
+        for aggregator in self.aggregators:
+            end = record.written_until_ns(aggregator.window_s)
+            if end is not None:
+                aggregator.resume_host(host_id, end)
+
+    def run(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
+        """Both steps at once (see :meth:`detect` and :meth:`aggregate`)."""
+        return self.aggregate(self.detect(raws, tokens, now_ns))
+
+    def detect(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
+        """Step 1, the urgent part: ingest, sample lines, detection and alerts. The worker
+        publishes the alerts before step 2, so closing a burst of windows never delays them."""
+        lines: list[str] = []
+        accepted: list[HostSample] = []
+        held: list[Any] = []
+        values: list[FloatArray] = []
+        rejected: list[tuple[int, Exception]] = []
+        for i, raw in enumerate(raws):
+            try:
+                sample = ingest_sample(raw, now_ns, self.max_future_ns)
+            except Exception as e:  # never crash on input: every failure is a dead letter
+                rejected.append((i, e))
+                continue
+            lines += sample_lines(sample)
+            accepted.append(sample)
+            values.append(sample_values(sample))  # one conversion for detection and windows
+            held.append(tokens[i])
+        # Detection: the detector ensemble, failure-risk rules and the alert engine.
+        anomalies, alerts = self.monitor.observe_batch(accepted, values)
+        lines += anomaly_lines(anomalies)
+        lines += alert_lines(alerts)
+        return BatchOutput(rejected, lines, alerts, anomalies, [], [], accepted, held, values)
+
+    def aggregate(self, out: BatchOutput) -> BatchOutput:
+        """Step 2: windowed aggregates of the accepted samples, and the events now releasable
+        (``tokens[i]`` of a sample is held until every window containing it has closed)."""
+        aggregates: list[Aggregate] = []
+        aggregators, gate, resumed = self.aggregators, self.gate, self._resumed
+        for sample, token, values in zip(out.accepted, out.held, out.values, strict=True):
+            if sample.host_id not in resumed:
+                self._resume(sample.host_id)
+            for aggregator in aggregators:
+                aggregates += aggregator.add(sample, values)
+            gate.hold(sample.host_id, sample.ts_ns, token)
+        # Silence by the wall clock: a partition read behind another is not a silent one.
+        now_ns = time.time_ns() if self.clock is None else self.clock()
+        for aggregator in aggregators:
+            aggregates += aggregator.close_idle_hosts(self.idle_s, now_ns)
+        # Fleet roll-ups need every partition: the fleet-rollup agent (streams/rollups.py) builds
+        # them from every worker's host windows.
+        out.aggregates = [a for a in aggregates if a.scope != "fleet"]
+        out.lines += aggregate_lines(out.aggregates)
+        # Only hosts that sent samples or had windows closed can release anything.
+        touched = {s.host_id for s in out.accepted}
+        touched.update(a.key for a in aggregates if a.scope == "host")
+        out.releasable = gate.releasable(touched)
+        return out

@@ -1,0 +1,269 @@
+"""The worker's ingest loop: ``telemetry.samples`` batches through :class:`BatchStages`, their
+effects landed in order, then their offsets committed.
+
+Records come from the worker's own consumer (streams/batch_consumer.py; docs/streams.md says why
+not faust's). For each batch:
+
+1. :meth:`BatchStages.detect`: decode + validate (bad ones become dead letters), sample lines,
+   detection and alerts. The alerts are sent and delivered first.
+2. :meth:`BatchStages.aggregate`: windows, idle hosts (wall clock), and the records the
+   ``AckGate`` releases (a sample only once every window containing it is written).
+3. Anomalies, aggregates, roll-up inputs and dead letters are handed to the producer, and the
+   batch's effects are queued (at most ``IN_FLIGHT_BATCHES``: back-pressure when InfluxDB or the
+   broker is slow, never unbounded memory).
+
+A committer takes effects in batch order: awaits the deliveries, writes the lines to InfluxDB,
+records each host's windows written (streams/host_state.py, in its compacted topic) and only
+then releases the batch's records to the consumer's offset ledger, which commits each
+partition's done prefix. A rebalance waits for the batch in hand and for the queued effects to
+land (bounded by ``drain_s``), commits, and starts over from the committed offsets with fresh
+windows; a new assignment loads its hosts' records before its first sample is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from accelpilot.config import Settings
+from accelpilot.errors import SchemaError
+from accelpilot.schemas import codec
+from accelpilot.schemas.topics import SAMPLES
+from accelpilot.streams.batch_consumer import BatchConsumer
+from accelpilot.streams.batch_stages import BatchStages, InternalError
+from accelpilot.streams.dead_letters import dead_letter
+from accelpilot.streams.host_state import HostRecord, encode_record, merged, written_windows
+from accelpilot.streams.host_state_topic import HostStateReader
+from accelpilot.streams.influx_sink import InfluxSink
+from accelpilot.streams.offset_ledger import Token
+
+log = logging.getLogger(__name__)
+
+#: Batches whose sends and InfluxDB write may be in flight while the next one is computed.
+IN_FLIGHT_BATCHES = 3
+
+
+@dataclass(frozen=True)
+class IngestTopics:
+    """The faust topics the loop produces to (bytes both ways)."""
+
+    alerts: Any
+    anomalies: Any
+    aggregates: Any
+    rollup: Any
+    dlq: Any
+    host_state: Any
+
+
+@dataclass(slots=True)
+class _Effects:
+    """What one batch still has to see land before its records may be released."""
+
+    pending: list[Any]  # delivery futures (dead letters, aggregates, anomalies, roll-up inputs)
+    lines: list[str]  # line protocol for InfluxDB
+    release: list[Token]  # records done once the above landed
+    written: dict[str, dict[str, int]]  # per host: the windows it writes (host_state.py)
+
+
+class IngestLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: IngestTopics,
+        sink: InfluxSink,
+        *,
+        drain_s: float = 15.0,
+        stop_drain_s: float = 5.0,
+    ) -> None:
+        w = settings.worker
+        self.topics = topics
+        self.sink = sink
+        self.drain_s, self.stop_drain_s = drain_s, stop_drain_s
+        self.records: dict[str, HostRecord] = {}  # of the hosts of the assigned partitions
+        self.host_partition: dict[str, int] = {}  # the partition each host's samples come from
+        self.stages = BatchStages(w, host_record=self.records.get)
+        self.consumer = BatchConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            topic=settings.topic(SAMPLES),
+            group_id=f"{w.app_id}-samples",
+            batch_max=w.batch_max,
+            within_s=w.batch_within_s,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
+        )
+        self.state = HostStateReader(
+            settings.kafka.bootstrap_servers, topics.host_state.get_topic_name()
+        )
+        self._effects: asyncio.Queue[_Effects] = asyncio.Queue(maxsize=IN_FLIGHT_BATCHES)
+        self._batch_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.topics.host_state.maybe_declare()
+        await self.state.start()
+        await self.consumer.start()
+        self._tasks = [
+            asyncio.ensure_future(self._read()),
+            asyncio.ensure_future(self._commit_effects()),
+        ]
+
+    async def run(self) -> None:
+        """Until stopped; raises what broke the loop (a bug or a fatal broker error)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+
+    async def stop(self) -> None:
+        """Stop reading, let queued effects land for up to ``stop_drain_s`` (InfluxDB may be
+        down: what did not land is simply read again by the next worker), commit, leave."""
+        reader, committer = self._tasks or (None, None)
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if committer is not None:
+            try:
+                await asyncio.wait_for(self._effects.join(), self.stop_drain_s)
+            except TimeoutError:
+                log.warning("stopping with %d batches not landed", self._effects.qsize())
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+        try:
+            await self.consumer.stop()
+        finally:
+            await self.state.stop()
+
+    # -- rebalances -----------------------------------------------------------------------------
+    async def _on_revoked(self, partitions: set[int]) -> None:
+        async with self._batch_lock:  # the batch in hand is processed (and queued) first
+            try:
+                await asyncio.wait_for(self._effects.join(), self.drain_s)
+            except TimeoutError:
+                log.warning(
+                    "rebalance: %d batches not landed within %.0f s; their records are read "
+                    "again from the committed offsets",
+                    self._effects.qsize(),
+                    self.drain_s,
+                )
+            # Every partition is read again from its committed offset: forget the open windows
+            # (kept, a host that moved would be closed idle here later and written partial).
+            self.stages.reset_windows()
+            self.host_partition.clear()
+            self.records.clear()
+
+    async def _on_assigned(self, partitions: set[int]) -> None:
+        records = await self.state.load(partitions)
+        self.records.clear()
+        self.records.update(records)
+        log.info("samples partitions %s: %d host records", sorted(partitions), len(records))
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        consumer = self.consumer
+        async for batch in consumer.batches():
+            async with self._batch_lock:
+                if batch and batch[0][0][0] != consumer.ledger.generation:
+                    continue  # fetched before a rebalance: read again from the committed offset
+                effects = await self._process(batch)
+            await self._effects.put(effects)
+
+    async def _process(self, batch: Sequence[tuple[Token, Any]]) -> _Effects:
+        """One batch's CPU work, its alerts delivered and its other sends started."""
+        now_ns = time.time_ns()
+        tokens = [token for token, _ in batch]
+        records = [record for _, record in batch]
+        raws = [r.value if isinstance(r.value, bytes) else bytes(r.value or b"") for r in records]
+        t = self.topics
+        out = self.stages.detect(raws, tokens, now_ns)
+        pending = []
+        release_now: list[Token] = []
+        encode = codec.encode
+        # Alerts first, delivered before the aggregates are even computed: nothing queued or
+        # computed in front of them (a batch with alerts is rare; it waits one round trip).
+        for a in out.alerts:
+            await (await _send(t.alerts, a.host_id, encode(a)))
+        for i, e in out.rejected:
+            err = e if isinstance(e, SchemaError) else _internal_error(e, records[i])
+            pending.append(await _send_dead_letter(t.dlq, records[i], raws[i], err, now_ns))
+            release_now.append(tokens[i])
+        out = self.stages.aggregate(out)
+        host_partition = self.host_partition
+        for sample, token in zip(out.accepted, out.held, strict=True):
+            if sample.host_id not in host_partition:
+                host_partition[sample.host_id] = token[1]
+        outgoing = [(t.anomalies, a.host_id, a) for a in out.anomalies]
+        outgoing += [(t.aggregates, a.host_id or "fleet", a) for a in out.aggregates]
+        outgoing += [(t.rollup, "fleet", a) for a in out.aggregates if a.scope == "host"]
+        for topic, key, payload in outgoing:
+            pending.append(await _send(topic, key, encode(payload)))
+        written = written_windows(out.aggregates)
+        return _Effects(pending, out.lines, release_now + out.releasable, written)
+
+    async def _commit_effects(self) -> None:
+        """Each batch's deliveries and InfluxDB write, in batch order, then its records
+        released. In order, so that when a record is released every earlier batch's effects
+        (the sample lines of records released now, the windows that released them) landed."""
+        while True:
+            batch = await self._effects.get()
+            try:
+                for fut in batch.pending:  # dead letters and payloads delivered (acks=all)
+                    await fut
+                await self.sink.write(batch.lines)
+                # The windows just written are recorded before their records are released: a
+                # replay from an offset inside them drops their samples instead of rewriting.
+                await self._record_written(batch.written)
+                self.consumer.release(batch.release)
+                await self.consumer.maybe_commit()
+            finally:
+                self._effects.task_done()
+
+    async def _record_written(self, written: dict[str, dict[str, int]]) -> None:
+        sends = []
+        for host_id, ends in written.items():
+            partition = self.host_partition.get(host_id)
+            record = merged(self.records.get(host_id), ends)
+            if record is None or partition is None:
+                continue
+            self.records[host_id] = record
+            sends.append(
+                await self.topics.host_state.send(
+                    key=host_id.encode(), value=encode_record(record), partition=partition,
+                    force=True,
+                )
+            )
+        for fut in sends:
+            await fut
+
+
+async def _send(topic: Any, key: str, value: bytes) -> Any:
+    # force: faust's producer sends at once (no event to attach the message to here).
+    return await topic.send(key=key.encode(), value=value, force=True)
+
+
+async def _send_dead_letter(
+    dlq_topic: Any, record: Any, raw: bytes, err: SchemaError, now_ns: int
+) -> Any:
+    letter = dead_letter(
+        raw=raw,
+        key=record.key,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        error=err,
+        stage="ingest",
+        now_ns=now_ns,
+    )
+    log.info("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, err)
+    return await dlq_topic.send(key=record.key, value=codec.encode(letter), force=True)
+
+
+def _internal_error(e: Exception, record: Any) -> SchemaError:
+    log.error(
+        "unexpected error on %s[%d]@%d", record.topic, record.partition, record.offset, exc_info=e
+    )
+    err: SchemaError = InternalError(f"internal-error:{type(e).__name__}", str(e))
+    return err
