@@ -1,11 +1,13 @@
 """The worker (``accelpilot worker``): a faust-streaming app whose ingest loop reads
 ``telemetry.samples`` -> validate -> InfluxDB (samples, 10 s and 1 min aggregates, anomaly
 scores, alerts) and Kafka (``telemetry.aggregates``, ``telemetry.anomalies``, ``fleet.alerts``);
-bad input -> ``telemetry.dlq``. Its faust agents roll host windows up to the fleet
-(streams/rollups.py) and record actions, their outcomes and the savings (streams/fleet_events.py).
+bad input -> ``telemetry.dlq``. Its roll-up stage sums host windows to the fleet
+(streams/rollups.py); its faust agents record actions, their outcomes and the savings
+(streams/fleet_events.py).
 
-The samples are read by a consumer of the worker's own (streams/batch_consumer.py; faust's loses
-records around rebalances, docs/streams.md), processed by the pure
+The samples and the roll-up input are read by consumers of the worker's own
+(streams/batch_consumer.py; faust's loses records around rebalances, docs/streams.md); the
+samples are processed by the pure
 :class:`~accelpilot.streams.batch_stages.BatchStages` and landed in order by
 streams/ingest_loop.py. Processing is at-least-once and the InfluxDB writes (keyed by series +
 timestamp) make replays idempotent; per host, the end of the last window written is recorded
@@ -20,7 +22,7 @@ new id (its start time changes). docs/streams.md says why that state is not chec
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 import mode
@@ -31,7 +33,7 @@ from accelpilot.streams.dead_letters import send_rejected_lines
 from accelpilot.streams.host_state_topic import host_state_topic_name
 from accelpilot.streams.influx_sink import InfluxSink
 from accelpilot.streams.ingest_loop import IngestLoop, IngestTopics
-from accelpilot.streams.rollups import register_fleet_rollup, rollup_input_topic
+from accelpilot.streams.rollups import ROLLUP_INPUT, RollupLoop, rollup_input_topic
 
 log = logging.getLogger(__name__)
 
@@ -101,31 +103,41 @@ def make_app(settings: Settings) -> faust.App:
         host_state=host_state_topic,
     )
     ingest = IngestLoop(settings, topics, sink)
-
-    @app.service
-    class Ingest(mode.Service):
-        """Starts and stops the ingest loop with the app; a loop that breaks stops the worker."""
-
-        async def on_start(self) -> None:
-            await ingest.start()
-            log.info("accelpilot worker %s reading %s", w.app_id, settings.topic(SAMPLES))
-
-        @mode.Service.task
-        async def _run(self) -> None:
-            await ingest.run()
-
-        async def on_stop(self) -> None:
-            await ingest.stop()
-
+    rollup = RollupLoop(settings, rollup_topic, aggregates_topic)
+    app.service(_service_for(ingest, f"{w.app_id} reading {settings.topic(SAMPLES)}"))
+    app.service(_service_for(rollup, f"{w.app_id} rolling up {settings.topic(ROLLUP_INPUT)}"))
     app.accelpilot_ingest = ingest  # type: ignore[attr-defined]
-    app.accelpilot_fleet_rollup = register_fleet_rollup(  # type: ignore[attr-defined]
-        app, settings, rollup_topic
-    )
+    app.accelpilot_fleet_rollup = rollup  # type: ignore[attr-defined]
     # Actions, their outcomes and the optimizer's savings (streams/fleet_events.py).
     from accelpilot.streams.fleet_events import register_fleet_events
 
     app.accelpilot_fleet_events = register_fleet_events(app, settings)  # type: ignore[attr-defined]
     return app
+
+
+class _Loop(Protocol):
+    async def start(self) -> None: ...
+    async def run(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def _service_for(loop: _Loop, what: str) -> type[mode.Service]:
+    """A faust service that starts and stops ``loop`` with the app; a loop that breaks (a bug,
+    a fatal broker error) crashes the service, and the worker stops."""
+
+    class LoopService(mode.Service):
+        async def on_start(self) -> None:
+            await loop.start()
+            log.info("accelpilot worker: %s", what)
+
+        @mode.Service.task
+        async def _run(self) -> None:
+            await loop.run()
+
+        async def on_stop(self) -> None:
+            await loop.stop()
+
+    return LoopService
 
 
 def _has_lz4() -> bool:

@@ -16,6 +16,7 @@ twice (at-least-once delivery) replaces its first copy, so duplicates change not
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,10 +24,11 @@ from accelpilot.config import Settings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.aggregates import Aggregate
-from accelpilot.schemas.topics import AGGREGATES
 from accelpilot.streams.aggregate_lines import aggregate_lines
 from accelpilot.streams.aggregates import fleet_rollup
+from accelpilot.streams.batch_consumer import BatchConsumer
 from accelpilot.streams.influx_sink import InfluxSink
+from accelpilot.streams.offset_ledger import Token
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,8 @@ ROLLUP_INPUT = "telemetry.fleet-rollup-input"
 
 
 def rollup_input_topic(app: Any, settings: Settings) -> Any:
-    """The worker sends its host windows here (key ``fleet``); faust creates it, 1 partition."""
+    """The worker sends its host windows here (key ``fleet``); one partition (declared by
+    :meth:`RollupLoop.start`)."""
     return app.topic(
         settings.topic(ROLLUP_INPUT),
         key_type=bytes,
@@ -107,52 +110,86 @@ def rollup_input_topic(app: Any, settings: Settings) -> Any:
     )
 
 
-def register_fleet_rollup(app: Any, settings: Settings, input_topic: Any) -> FleetRollup:
-    """Add the roll-up agent to the worker's faust ``app``.
+class RollupLoop:
+    """The fleet roll-up stage of the worker: host windows from the one-partition roll-up topic
+    -> fleet windows on ``telemetry.aggregates`` and in InfluxDB (``fleet_agg``).
 
-    Only the worker that owns the input topic's one partition runs it. Its events (host windows)
-    are acked once the fleet window they belong to is written to ``telemetry.aggregates`` and
-    InfluxDB, so a restart rebuilds the open fleet windows from the topic (at-least-once; the
-    fleet point and payload are keyed by window start, so a rewrite replaces)."""
-    w = settings.worker
-    rollup = FleetRollup(w.allowed_lateness_s)
-    aggregates_topic = app.topic(
-        settings.topic(AGGREGATES),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    sink = InfluxSink(settings.influx)
-    held: dict[tuple[float, int], list[Any]] = {}
+    Only the worker that is assigned the topic's one partition gets records. It reads them with
+    a consumer of its own (streams/batch_consumer.py, group ``<app_id>-fleet-rollup``): a host
+    window is released only once the fleet window it belongs to is on ``telemetry.aggregates``
+    and in InfluxDB, out of order, and the offset ledger commits only the done prefix, so a
+    restart rebuilds the open fleet windows from the topic (at-least-once; the fleet point and
+    payload are keyed by window start, so a rewrite replaces)."""
 
-    @app.agent(input_topic, name="fleet-rollup")
-    async def fleet_rollup_agent(stream: Any) -> None:
-        manual = stream.noack()
-        async for events in manual.noack_take(w.batch_max, within=w.batch_within_s):
-            fleet: dict[tuple[float, int], Aggregate] = {}
-            ack_now = []
-            for event in events:
-                raw = event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
-                try:
-                    agg = codec.decode(Aggregate, raw)
-                except SchemaError as e:  # the worker wrote it: a bug, logged, not fatal
-                    log.error("undecodable host window on %s: %s", event.message.topic, e)
-                    ack_now.append(event)
-                    continue
-                held.setdefault((agg.window_s, agg.window_start_ns), []).append(event)
-                for f in rollup.add(agg):
-                    fleet[(f.window_s, f.window_start_ns)] = f  # the newest version wins
-            pending = [
-                await aggregates_topic.send(key=b"fleet", value=codec.encode(f), force=True)
-                for f in fleet.values()
-            ]
-            for fut in pending:
-                await fut
-            await sink.write(aggregate_lines(fleet.values()))
-            for key in fleet:
-                ack_now += held.pop(key, [])
-            for event in ack_now:
-                await manual.ack(event)
+    def __init__(self, settings: Settings, input_topic: Any, aggregates_topic: Any) -> None:
+        w = settings.worker
+        self.input_topic = input_topic
+        self.aggregates_topic = aggregates_topic
+        self.lateness_s = w.allowed_lateness_s
+        self.rollup = FleetRollup(w.allowed_lateness_s)
+        self.sink = InfluxSink(settings.influx)
+        self.consumer = BatchConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            topic=settings.topic(ROLLUP_INPUT),
+            group_id=f"{w.app_id}-fleet-rollup",
+            batch_max=w.batch_max,
+            within_s=w.batch_within_s,
+            on_revoked=self._on_revoked,
+        )
+        self._held: dict[tuple[float, int], list[Token]] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
 
-    return rollup
+    async def start(self) -> None:
+        await self.input_topic.maybe_declare()  # one partition: exactly one owner
+        await self.consumer.start()
+        self._task = asyncio.ensure_future(self._read())
+
+    async def run(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+    async def _on_revoked(self, partitions: set[int]) -> None:
+        async with self._lock:  # the batch in hand lands first
+            self.rollup = FleetRollup(self.lateness_s)  # read again from the committed offset
+            self._held.clear()
+
+    async def _read(self) -> None:
+        consumer = self.consumer
+        async for batch in consumer.batches():
+            async with self._lock:
+                if batch and batch[0][0][0] != consumer.ledger.generation:
+                    continue  # fetched before a rebalance: read again
+                consumer.release(await self._process(batch))
+            await consumer.maybe_commit()
+
+    async def _process(self, batch: list[tuple[Token, Any]]) -> list[Token]:
+        """Roll the batch's host windows up; return the records now done."""
+        fleet: dict[tuple[float, int], Aggregate] = {}
+        done: list[Token] = []
+        for token, record in batch:
+            try:
+                agg = codec.decode(Aggregate, record.value or b"")
+            except SchemaError as e:  # the worker wrote it: a bug, logged, not fatal
+                log.error("undecodable host window on %s@%d: %s", record.topic, record.offset, e)
+                done.append(token)
+                continue
+            self._held.setdefault((agg.window_s, agg.window_start_ns), []).append(token)
+            for f in self.rollup.add(agg):
+                fleet[(f.window_s, f.window_start_ns)] = f  # the newest version wins
+        pending = [
+            await self.aggregates_topic.send(key=b"fleet", value=codec.encode(f), force=True)
+            for f in fleet.values()
+        ]
+        for fut in pending:
+            await fut
+        await self.sink.write(aggregate_lines(fleet.values()))
+        for key in fleet:
+            done += self._held.pop(key, [])
+        return done
