@@ -246,6 +246,7 @@ def push(
     # alert rules: GET/PUT /api/v1/provisioning/alert-rules/:uid, POST .../alert-rules,
     # PUT /api/v1/provisioning/folder/:folderUid/rule-groups/:group (evaluation interval)
     prov = api.alertingprovisioning
+    group_before = _get_or_none(prov.get_rule_group, FOLDER_UID, alert_rules.GROUP)
     for rule in alert_rules.api_rules(datasource_uid, FOLDER_UID):
         have = _get_or_none(prov.get_alertrule, rule["uid"])
         record(
@@ -255,11 +256,21 @@ def push(
             lambda rule=rule: prov.create_alertrule(rule),
             lambda rule=rule: prov.update_alertrule(rule["uid"], rule),
         )
+    # Grafana creates the group with its first rule: reported as created when this push did so.
     group = prov.get_rule_group(FOLDER_UID, alert_rules.GROUP)
-    if group.get("interval") != alert_rules.INTERVAL_S:
-        prov.update_rule_group(
-            FOLDER_UID, alert_rules.GROUP, {**group, "interval": alert_rules.INTERVAL_S}
-        )
+
+    def set_interval() -> None:
+        if group.get("interval") != alert_rules.INTERVAL_S:
+            body = {**group, "interval": alert_rules.INTERVAL_S}
+            prov.update_rule_group(FOLDER_UID, alert_rules.GROUP, body)
+
+    record(
+        f"rule-group/{FOLDER_UID}/{alert_rules.GROUP}",
+        group if group_before is not None else None,
+        {"interval": alert_rules.INTERVAL_S},
+        set_interval,
+        set_interval,
+    )
 
     # contact points: GET/POST /api/v1/provisioning/contact-points, PUT .../contact-points/:uid
     existing_cps = {cp.get("uid"): cp for cp in prov.get_contactpoints() or []}

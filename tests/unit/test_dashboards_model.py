@@ -13,6 +13,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,8 @@ class FakeGrafana(BaseHTTPRequestHandler):
         if m:
             if method == "PUT":
                 s["groups"][m[2]] = body
+            elif m[2] not in s["groups"]:
+                return self._send(404, {"message": "rule group not found"})
             return self._send(200, s["groups"][m[2]])
         m = re.fullmatch(r"/api/v1/provisioning/contact-points(?:/([\w-]+))?", path)
         if m:
@@ -272,7 +275,9 @@ class FakeGrafana(BaseHTTPRequestHandler):
         self._handle("PUT")
 
 
-def test_push_is_idempotent_against_fake_api() -> None:
+@pytest.fixture
+def fake_grafana() -> Iterator[str]:
+    """The fake's URL, with empty state and request log."""
     FakeGrafana.state = {
         "ds": {},
         "folders": {},
@@ -285,27 +290,70 @@ def test_push_is_idempotent_against_fake_api() -> None:
     FakeGrafana.requests = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        kw = {
-            "influx_url": "http://127.0.0.1:8086",
-            "database": "accelpilot",
-            "email": "ops@example.com",
-        }
-        first = push(url, "tok", webhook_token="hook-secret", **kw)
-        assert not first.unchanged and "datasource/accelpilot-influxdb" in first.created
-        assert {f"dashboard/{u}" for u in UIDS} <= set(first.created)
-        assert "policies" in first.updated
-        n = len(FakeGrafana.requests)
-        second = push(url, "tok", webhook_token="hook-secret", **kw)
-        assert not second.created and not second.updated, second.to_text()
-        writes = [r for r in FakeGrafana.requests[n:] if r[0] != "GET"]
-        assert writes == []
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        server.server_close()
+
+
+PUSH_KW: dict[str, Any] = {
+    "influx_url": "http://127.0.0.1:8086",
+    "database": "accelpilot",
+    "email": "ops@example.com",
+}
+
+
+def _writes_since(n: int) -> list[tuple[str, str, Any]]:
+    return [r for r in FakeGrafana.requests[n:] if r[0] != "GET"]
+
+
+def test_push_is_idempotent_against_fake_api(fake_grafana: str) -> None:
+    url = fake_grafana
+    first = push(url, "tok", webhook_token="hook-secret", **PUSH_KW)
+    assert not first.unchanged and "datasource/accelpilot-influxdb" in first.created
+    assert {f"dashboard/{u}" for u in UIDS} <= set(first.created)
+    assert f"rule-group/accelpilot/{alert_rules.GROUP}" in first.created
+    assert "policies" in first.updated
+    n = len(FakeGrafana.requests)
+    second = push(url, "tok", webhook_token="hook-secret", **PUSH_KW)
+    assert not second.created and not second.updated, second.to_text()
+    assert f"rule-group/accelpilot/{alert_rules.GROUP}" in second.unchanged
+    assert _writes_since(n) == []
     paths = {
         (m, re.sub(r"/[\w-]+$", "/:uid", p) if "uid" in p or "rules/" in p else p)
         for m, p, _ in FakeGrafana.requests
     }
     assert ("POST", "/api/dashboards/db") in paths
     assert ("POST", "/api/v1/provisioning/alert-rules") in paths
+
+
+def test_push_reports_what_it_changed(fake_grafana: str) -> None:
+    """Someone edited a dashboard in Grafana and changed the rule group's interval: the next push
+    puts both back, reports exactly those two as updated, and writes nothing else."""
+    url = fake_grafana
+    push(url, "tok", **PUSH_KW)
+    edited = FakeGrafana.state["dash"]["accelpilot-host"]["dashboard"]
+    edited["title"] = "edited in the UI"
+    edited["panels"] = edited["panels"][:1]
+    FakeGrafana.state["groups"][alert_rules.GROUP]["interval"] = 300
+    n = len(FakeGrafana.requests)
+
+    report = push(url, "tok", **PUSH_KW)
+
+    group = f"rule-group/accelpilot/{alert_rules.GROUP}"
+    assert sorted(report.updated) == sorted(["dashboard/accelpilot-host", group])
+    assert not report.created
+    assert f"updated: {', '.join(report.updated)}" in report.to_text().splitlines()
+    writes = _writes_since(n)
+    assert [(m, p) for m, p, _ in writes] == [
+        ("POST", "/api/dashboards/db"),
+        ("PUT", f"/api/v1/provisioning/folder/accelpilot/rule-groups/{alert_rules.GROUP}"),
+    ]
+    assert writes[0][2]["dashboard"]["uid"] == "accelpilot-host"
+    assert writes[1][2]["interval"] == alert_rules.INTERVAL_S
+    restored = FakeGrafana.state["dash"]["accelpilot-host"]["dashboard"]
+    generated = next(d for d in DASHBOARDS if d["uid"] == "accelpilot-host")
+    assert (restored["title"], restored["panels"]) == (generated["title"], generated["panels"])
+    again = push(url, "tok", **PUSH_KW)
+    assert not again.created and not again.updated, again.to_text()
