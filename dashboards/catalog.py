@@ -6,14 +6,13 @@ Six dashboards over the InfluxDB database the stream worker writes (``device_sam
 Every query is raw InfluxQL with ``$timeFilter``, ``$__interval`` and regex template variables;
 tests/service/test_dashboard_queries.py runs each one against a real InfluxDB.
 
-The ``cluster`` variable is a custom variable with one value (``default``): samples carry no
-cluster tag yet, so it selects nothing; once they do, turn it into a query variable.
+There is no ``cluster`` variable: samples carry no cluster tag (docs/dashboards.md), so it could
+filter nothing. Once the samples schema has one, add a query variable on it before ``host``.
 """
 
 from __future__ import annotations
 
 from accelpilot.dashboards.model import (
-    CustomVariable,
     Dashboard,
     DashboardLink,
     DatasourceRef,
@@ -63,11 +62,8 @@ FIRING = thresholds("green", (1, "red"))
 FIRING_MAP = (ValueMapping("0", "ok", "green"), ValueMapping("1", "FIRING", "red"))
 
 
-def _vars(with_device: bool = True) -> tuple[CustomVariable | QueryVariable, ...]:
-    out: list[CustomVariable | QueryVariable] = [
-        CustomVariable("cluster", "Cluster", ("default",)),
-        QueryVariable("host", "Host", 'SHOW TAG VALUES FROM "device_sample" WITH KEY = "host"'),
-    ]
+def _vars(with_device: bool = True) -> tuple[QueryVariable, ...]:
+    out = [QueryVariable("host", "Host", 'SHOW TAG VALUES FROM "device_sample" WITH KEY = "host"')]
     if with_device:
         out.append(
             QueryVariable(
@@ -388,7 +384,7 @@ def host_detail(ds: DatasourceRef | None = None) -> Dashboard:
         [now, devices, events],
         _ds(ds),
         tags=("accelpilot", "host"),
-        variables=_vars(),
+        variables=_vars(with_device=False),  # every device of the host: no device filter
         links=_links(UID_HOST),
         description="Every device of the selected hosts.",
     )

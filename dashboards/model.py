@@ -261,32 +261,7 @@ class QueryVariable:
         }
 
 
-@dataclass(frozen=True)
-class CustomVariable:
-    """A ``custom`` variable with fixed values (e.g. ``cluster`` until samples carry that tag)."""
-
-    name: str
-    label: str
-    values: tuple[str, ...]
-
-    def to_json(self, datasource: DatasourceRef) -> dict[str, Any]:
-        first = self.values[0]
-        return {
-            "type": "custom",
-            "name": self.name,
-            "label": self.label,
-            "query": ",".join(self.values),
-            "multi": False,
-            "includeAll": False,
-            "current": {"selected": True, "text": first, "value": first},
-            "options": [
-                {"selected": i == 0, "text": v, "value": v} for i, v in enumerate(self.values)
-            ],
-            "hide": 0,
-        }
-
-
-Variable = QueryVariable | CustomVariable
+Variable = QueryVariable
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,16 @@ def test_dashboard_model(dash: dict[str, Any]) -> None:
             assert used - BUILTIN_VARS <= defined, (p["title"], used - BUILTIN_VARS - defined)
     before: set[str] = set()  # Grafana resolves variables in order: use only earlier ones
     for v in dash["templating"]["list"]:
-        if v["type"] == "query":
-            assert v["datasource"]["uid"] == DATASOURCE_UID
-            assert v["query"].startswith("SHOW TAG VALUES")
-            assert set(re.findall(r"\$(\w+)", v["query"])) <= before
+        assert v["type"] == "query"
+        assert v["datasource"]["uid"] == DATASOURCE_UID
+        assert v["query"].startswith("SHOW TAG VALUES")
+        assert set(re.findall(r"\$(\w+)", v["query"])) <= before
         before.add(v["name"])
+    # No placeholder variables: each one filters some panel query (or a later variable's).
+    texts = [t["query"] for p in panels for t in p.get("targets", [])]
+    texts += [v["query"] for v in dash["templating"]["list"]]
+    used_anywhere = {name for text in texts for name in re.findall(r"\$(\w+)", text)}
+    assert defined <= used_anywhere, f"variables no query uses: {defined - used_anywhere}"
     # Links between dashboards resolve: each one reaches every other, none itself.
     assert {link["url"].removeprefix("/d/") for link in dash["links"]} == UIDS - {dash["uid"]}
 
