@@ -24,6 +24,9 @@ INTERVAL_S = 60
 WEBHOOK_UID = "accelpilot-webhook"
 EMAIL_UID = "accelpilot-email"
 EXPR = {"type": "__expr__", "uid": "__expr__"}
+#: How far back the collector-silence rule looks for hosts: one silent for longer than this drops
+#: out of its query, and Grafana resolves its alert (a missing series).
+SILENCE_RANGE_S = 900
 
 
 @dataclass(frozen=True)
@@ -163,17 +166,24 @@ RULES: tuple[Rule, ...] = (
         "{{ $labels.device }}: HW slowdown, thermal or power-brake throttling",
         dashboard_uid=UID_DEVICE,
     ),
-    # Collector silence: a host that stops sending has no series at all -> NoData -> Alerting.
+    # Collector silence, per host: samples per minute over the last SILENCE_RANGE_S, zero-filled
+    # (fill(0)), so a host seen in that range but silent now keeps its series with 0s instead of
+    # dropping out of the result (which Grafana would resolve as a missing series). The value is
+    # the samples of the last full minute plus the current, partial one (moving_average over two
+    # buckets, times 2): a plain last bucket holds next to nothing just after a minute boundary or
+    # while the newest samples are still on their way through Kafka. < 1: none in 1-2 minutes.
+    # The whole fleet silent returns no series at all: NoData -> Alerting.
     Rule(
         "accelpilot-collector-silence",
         "Collector silent",
-        'SELECT count("seq") FROM "device_sample" WHERE $timeFilter GROUP BY "host"',
+        'SELECT moving_average(count("seq"), 2) * 2 FROM "device_sample" WHERE $timeFilter '
+        'GROUP BY time(1m), "host" fill(0)',
         "last",
         "lt 1",
-        "{{ $labels.host }} sent no samples for 2 minutes",
+        "{{ $labels.host }} sent no samples for over a minute",
         "critical",
         "1m",
-        120,
+        SILENCE_RANGE_S,
         "Alerting",
         UID_FLEET,
     ),

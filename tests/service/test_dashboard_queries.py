@@ -20,6 +20,8 @@ The sim backend reports 7 metrics, so one more host reports every metric of the 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 import os
 import re
@@ -37,6 +39,7 @@ from accelpilot.collectors.audit_log import AuditLog
 from accelpilot.collectors.backends.sim import SimBackend, SimFleet
 from accelpilot.collectors.publisher import KafkaPublisher
 from accelpilot.collectors.sampler import Sampler
+from accelpilot.collectors.synthetic import synthetic_samples
 from accelpilot.config import Settings
 from accelpilot.dashboards import alert_rules
 from accelpilot.dashboards.catalog import all_dashboards
@@ -52,9 +55,11 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, SAMPLES
 from accelpilot.signing import Signer, generate_keypair, load_public_keys
 from accelpilot.stack.influxdb import influxql
+from accelpilot.streams.influx_lines import sample_lines
+from accelpilot.streams.influx_sink import InfluxSink
 from tests.service.test_first_slice import _start_worker
 
-pytestmark = [pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.service]
 
 TICKS = 130
 BASELINE_TICKS = 40
@@ -201,6 +206,56 @@ def _rows(settings: Settings, query: str) -> int:
     return sum(len(s.get("values") or []) for r in body["results"] for s in r.get("series", []))
 
 
+class _Keys:
+    """The field and tag keys of each measurement (``SHOW FIELD KEYS`` / ``SHOW TAG KEYS``), and
+    the check that a query references only keys that exist."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.schemas: dict[str, tuple[set[str], set[str]]] = {}
+
+    def _keys(self, statement: str) -> set[str]:
+        body = influxql(self.settings.influx.url, statement, self.settings.influx.database)
+        return {row[0] for r in body["results"] for s in r.get("series", []) for row in s["values"]}
+
+    def schema(self, measurement: str) -> tuple[set[str], set[str]]:
+        if measurement not in self.schemas:
+            self.schemas[measurement] = (
+                self._keys(f'SHOW FIELD KEYS FROM "{measurement}"'),
+                self._keys(f'SHOW TAG KEYS FROM "{measurement}"'),
+            )
+        return self.schemas[measurement]
+
+    def check(self, query: str) -> list[str]:
+        """What ``query`` references that its measurements lack: every double-quoted name must be
+        a measurement, an ``AS`` alias, or a field or tag key of the query's measurements, and
+        every function argument (``max("x")``) a field key (a function of a tag returns nothing)."""
+        measurements = set(_FROM.findall(query))
+        if not measurements:
+            return [f"no measurement in {query}"]
+        fields: set[str] = set()
+        tags: set[str] = set()
+        for m in measurements:
+            f, t = self.schema(m)
+            if not f:
+                return [f"measurement {m!r} has no fields: {query}"]
+            fields |= f
+            tags |= t
+        aliases = set(_ALIAS.findall(query))
+        where = sorted(measurements)
+        names = set(_QUOTED.findall(query)) - measurements - aliases
+        errors = [f"{n!r} is no field or tag of {where}" for n in names - fields - tags]
+        arguments = set(_ARGUMENT.findall(query)) - aliases
+        errors += [f"{n!r} in a function is no field of {where}" for n in arguments - fields]
+        return [f"{e}: {query}" for e in errors]
+
+
+_FROM = re.compile(r'\bFROM "([^"]+)"')
+_ALIAS = re.compile(r'\bAS "([^"]+)"')
+_QUOTED = re.compile(r'"([^"]+)"')
+_ARGUMENT = re.compile(r'\w\("([^"]+)"')
+
+
 def _regex(values: list[str]) -> str:
     """Grafana's interpolation of a multi-value/All variable in a regex: ``(a|b|c)``."""
     return "(" + "|".join(re.escape(v).replace("/", "\\/") for v in values) + ")"
@@ -232,6 +287,7 @@ def _wait_for_pipeline(
     assert got["SELECT count(action_id) FROM action_result"] == sent["action_result"]
 
 
+@pytest.mark.slow
 def test_every_panel_and_alert_query_returns_rows(
     service_settings: Settings, tmp_path: Path
 ) -> None:
@@ -272,11 +328,15 @@ def test_every_panel_and_alert_query_returns_rows(
     assert math.isfinite(ratio) and -1.0 < ratio < 1.0
 
     time_filter = f"time >= {start} AND time <= {end}"
+    keys = _Keys(settings)
     failures = []
     checked = 0
     for dash in (d.to_json() for d in all_dashboards()):
         values: dict[str, str] = {}
         for var in dash["templating"]["list"]:
+            failures += [
+                f"{dash['uid']}: variable {var['name']}: {e}" for e in keys.check(var["query"])
+            ]
             q = var["query"]
             for name, v in values.items():
                 q = q.replace(f"${name}", v)
@@ -290,20 +350,114 @@ def test_every_panel_and_alert_query_returns_rows(
         panels = [p for p in dash["panels"] if p["type"] != "row"]
         for p in panels:
             for t in p["targets"]:
+                failures += [f"{dash['uid']} / {p['title']}: {e}" for e in keys.check(t["query"])]
                 q = t["query"].replace("$timeFilter", time_filter).replace("$__interval", "10s")
                 for name, v in values.items():
                     q = q.replace(f"${name}", v)
                 assert not re.search(r"\$\w", q), q
                 checked += 1
                 if _rows(settings, q) <= 0:
-                    failures.append(f"{dash['uid']} / {p['title']}: {q}")
+                    failures.append(f"{dash['uid']} / {p['title']}: no rows: {q}")
     for rule in alert_rules.api_rules():
         for d in rule["data"]:
             if d["datasourceUid"] == "__expr__":
                 continue
+            failures += [f"alert {rule['uid']}: {e}" for e in keys.check(d["model"]["query"])]
             q = d["model"]["query"].replace("$timeFilter", time_filter)
             checked += 1
             if _rows(settings, q) <= 0:
-                failures.append(f"alert {rule['uid']}: {q}")
-    assert not failures, "queries returning nothing:\n" + "\n".join(failures)
+                failures.append(f"alert {rule['uid']}: no rows: {q}")
+    # The check itself sees a misspelt field, a tag used as a field and a missing measurement.
+    assert keys.check('SELECT max("temp_degc") FROM "device_sample" WHERE $timeFilter')
+    assert keys.check('SELECT count("host") FROM "device_sample" WHERE $timeFilter')
+    assert keys.check('SELECT max("score") FROM "anomalies" WHERE $timeFilter')
+    assert not failures, "bad queries:\n" + "\n".join(failures)
     assert checked > 60
+    assert len(keys.schemas) >= 7  # every measurement the worker writes was looked at
+
+
+# -- collector silence, per host ------------------------------------------------------------------
+def _grafana_eval(settings: Settings, rule: alert_rules.Rule, at_ns: int) -> dict[str, float]:
+    """What Grafana computes for ``rule`` when it evaluates it at ``at_ns``: ``$timeFilter`` as
+    its InfluxDB datasource renders a relative range (``time >= <from>ms and time <= <to>ms``),
+    then the reduce expression (null values dropped) per series. {host: value}; {} is NoData."""
+    to_ms = at_ns // 10**6
+    time_filter = f"time >= {to_ms - rule.window_s * 1000}ms and time <= {to_ms}ms"
+    body = influxql(
+        settings.influx.url,
+        rule.query.replace("$timeFilter", time_filter),
+        settings.influx.database,
+    )
+    reduce = {"last": lambda v: v[-1], "max": max, "min": min, "mean": lambda v: sum(v) / len(v)}
+    out = {}
+    for r in body["results"]:
+        for series in r.get("series", []):
+            values = [row[1] for row in series["values"] if row[1] is not None]
+            if values:
+                out[series["tags"]["host"]] = float(reduce[rule.reducer](values))
+    return out
+
+
+def _fires(rule: alert_rules.Rule, value: float) -> bool:
+    """Grafana's threshold expression (``C``) on the reduced value."""
+    kind, _, arg = rule.condition.partition(" ")
+    return value > float(arg) if kind == "gt" else value < float(arg)
+
+
+async def _write_lines(settings: Settings, lines: list[str]) -> None:
+    sink = InfluxSink(settings.influx)
+    await sink.start()
+    try:
+        await sink.write(lines)
+    finally:
+        await sink.stop()
+    assert sink.points_written == len(lines) and sink.points_rejected == 0
+
+
+def test_collector_silence_reads_zero_for_a_host_that_stopped_while_others_report(
+    service_settings: Settings,
+) -> None:
+    """Host ``quiet`` stops reporting halfway through ``busy``'s 10 minutes. The collector-silence
+    query, evaluated as Grafana would at several instants, keeps a series for ``quiet`` that reads
+    0 (its alert fires) rather than dropping it (a missing series, which Grafana resolves), does
+    not fire for a reporting host just after a minute boundary (samples at .5 s: the current
+    minute's bucket is still empty), and returns nothing once the whole fleet has been silent
+    longer than its range (NoData, which the rule maps to Alerting)."""
+    settings = service_settings
+    rule = next(r for r in alert_rules.RULES if r.uid == "accelpilot-collector-silence")
+    base = (time.time_ns() // S - 602) * S + S // 2
+    busy = list(synthetic_samples("busy", n_devices=2, n_ticks=600, start_ns=base))
+    quiet = list(synthetic_samples("quiet", n_devices=2, n_ticks=300, start_ns=base, seed=1))
+    asyncio.run(_write_lines(settings, [line for s in busy + quiet for line in sample_lines(s)]))
+    stop, end = quiet[-1].ts_ns, busy[-1].ts_ns
+    assert end < time.time_ns()
+
+    # quiet silent for 5 minutes while busy reports: a series of its own, reading 0, firing.
+    got = _grafana_eval(settings, rule, end)
+    assert got["quiet"] == 0.0 and _fires(rule, got["quiet"]), got
+    assert got["busy"] >= 60 and not _fires(rule, got["busy"]), got
+
+    # Both reporting, 200 ms after a minute boundary: the newest bucket has no sample yet.
+    boundary = ((base + 150 * S) // (60 * S) + 1) * 60 * S + 200 * 10**6
+    assert boundary < stop - 10 * S
+    got = _grafana_eval(settings, rule, boundary)
+    assert set(got) == {"busy", "quiet"} and not any(_fires(rule, v) for v in got.values()), got
+    plain_count = rule.query.replace('moving_average(count("seq"), 2) * 2', 'count("seq")')
+    assert plain_count != rule.query
+    naive = dataclasses.replace(rule, query=plain_count)  # what the last bucket alone reads
+    assert _grafana_eval(settings, naive, boundary) == {"busy": 0.0, "quiet": 0.0}
+
+    # quiet stopped 20 s ago: not yet.
+    assert not _fires(rule, _grafana_eval(settings, rule, stop + 20 * S)["quiet"])
+
+    # Everyone silent for 5 minutes: each host fires on its own.
+    got = _grafana_eval(settings, rule, end + 300 * S)
+    assert got == {"busy": 0.0, "quiet": 0.0}
+
+    # The documented limit: a host silent for longer than the range drops out of the query
+    # (moving_average reads one bucket before the range: up to a minute later).
+    assert set(_grafana_eval(settings, rule, stop + (rule.window_s + 180) * S)) == {"busy"}
+
+    # Silent for longer than the range, the whole fleet: no series at all -> NoData -> Alerting.
+    assert _grafana_eval(settings, rule, end + (rule.window_s + 180) * S) == {}
+    assert rule.no_data == "Alerting"

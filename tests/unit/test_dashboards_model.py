@@ -131,6 +131,16 @@ def test_alert_rules_structure() -> None:
     assert len(uids) == len(alert_rules.RULES) >= 5
 
 
+def test_collector_silence_keeps_a_silent_hosts_series() -> None:
+    """Per host, a silent collector must read as 0 rather than as a missing series (which Grafana
+    resolves): zero-filled per-minute buckets over a range longer than the silence to detect.
+    What the query returns on real data: tests/service/test_dashboard_queries.py."""
+    rule = next(r for r in alert_rules.RULES if r.uid == "accelpilot-collector-silence")
+    assert re.search(r'GROUP BY time\(1m\), "host" fill\(0\)$', rule.query)
+    assert rule.window_s == alert_rules.SILENCE_RANGE_S >= 10 * 60
+    assert (rule.reducer, rule.condition, rule.no_data) == ("last", "lt 1", "Alerting")
+
+
 def test_export_layout(tmp_path: Path) -> None:
     files = export(
         tmp_path,
