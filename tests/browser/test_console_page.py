@@ -37,6 +37,30 @@ def test_page_shows_the_inventory_and_live_charts(live_console: LiveConsole, pag
     # Memory: the simulated backend does not report it, and the chart says so (absent != 0).
     assert "not reported" in page.locator("#chart-mem").text_content()
     wait_for(lambda: page.locator("#host-charts figure").count() == 4, what="host charts")
+    # Every host has its four charts: power with caps, temperature, utilization, memory (the
+    # simulated backend reports no memory: the chart says so), and they move on with the data.
+    hosts = page.locator("#host-charts figure")
+    for cls in ("pw", "tp", "ut"):
+        wait_for(
+            lambda cls=cls: (
+                page.locator(f"#host-charts svg.{cls} path.line").count()
+                == (8 if cls == "pw" else 4)
+            ),
+            what=f"host {cls} lines",
+        )
+    assert page.locator("#host-charts svg.mm path.line").count() == 0
+    assert all("memory not reported" in t for t in hosts.locator("svg.mm").all_text_contents())
+    assert hosts.locator("svg.ut").first.text_content().endswith("util %")
+    util = page.locator('#host-charts figure[data-host="node0"] svg.ut')
+    drawn_ts = float(util.get_attribute("data-ts"))
+    wait_for(lambda: float(util.get_attribute("data-ts")) > drawn_ts, what="host util to move on")
+    # What it drew last is the API's newest host value (the mean over the host's devices).
+    drawn, api = page.evaluate(
+        """() => [document.querySelector('#host-charts figure[data-host="node0"] svg.ut')
+                   .dataset.lastutil,
+                  window.consoleState.hosts.node0.util_compute_pct.filter(v => v !== null).pop()]"""
+    )
+    assert float(drawn) == api and 0 < api <= 100
     # The off-bus GPU (22 s to 67 s) shows as silent while it is, and its alert is in the feed
     # with its reason.
     row6 = page.locator('#inventory tr[data-device="node0/gpu6"]')
@@ -187,5 +211,10 @@ def test_the_read_only_console_over_influxdb(service_settings: Any, page: Any) -
         assert page.locator("#h-tick").inner_text() == "read-only"
         assert not page.locator(".steer").is_visible()  # no steering without the demo
         assert page.locator("#chart-mem path.line").count() == 1  # memory is reported here
+        for cls in ("ut", "mm"):  # and the hosts' utilization and memory charts draw it too
+            wait_for(
+                lambda cls=cls: page.locator(f"#host-charts svg.{cls} path.line").count() == 2,
+                what=f"host {cls} lines",
+            )
     finally:
         server.stop()

@@ -1,5 +1,7 @@
 // Small SVG line charts: no library, no network. lineChart(svg, ts, series, opts)
 // ts: timestamps (ns); series: [{values, cls, label}] (null = not reported: the line breaks).
+// opts: min, max, floor (y range), emptyText, title (drawn top left). The svg keeps what it drew
+// last: data-ts (newest timestamp) and data-last<label> (newest value of each series).
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -33,11 +35,15 @@ function lineChart(svg, ts, series, opts) {
   const m = { l: 44, r: 8, t: 8, b: 18 };
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const title = () => opts.title &&
+    svg.appendChild(svgEl("text", { x: w - m.r - 2, y: m.t + 9, class: "title", "text-anchor": "end" }, opts.title));
   const vals = [];
   for (const s of series) for (const v of s.values) if (v !== null && v !== undefined) vals.push(v);
   if (!ts.length || !vals.length) {
     svg.appendChild(svgEl("text", { x: w / 2, y: h / 2, class: "empty", "text-anchor": "middle" },
       opts.emptyText || "no data"));
+    delete svg.dataset.ts;
+    title();
     return;
   }
   let [lo, hi] = niceRange(Math.min(...vals, opts.min ?? Infinity), Math.max(...vals, opts.max ?? -Infinity));
@@ -66,4 +72,6 @@ function lineChart(svg, ts, series, opts) {
     const last = [...s.values].reverse().find(v => v !== null && v !== undefined);
     if (last !== undefined) svg.dataset["last" + (s.label || "")] = String(last);
   }
+  svg.dataset.ts = String(t1);
+  title();
 }

@@ -130,17 +130,26 @@ function select(deviceId) {
 }
 
 // -- charts ------------------------------------------------------------------------------------
+// The four charts of a device or a host (history: /api/history/device or /host), by class name.
+const METRIC_CHARTS = [
+  ["pw", "power W", h => [{ values: h.cap_w, cls: "c", label: "cap" }, { values: h.power_w, cls: "p", label: "power" }],
+    { floor: 0 }],
+  ["tp", "temp °C", h => [{ values: h.temp_c, cls: "t", label: "temp" }], {}],
+  ["ut", "util %", h => [{ values: h.util_compute_pct, cls: "u", label: "util" }], { min: 0, max: 100 }],
+  ["mm", "memory B", h => [{ values: h.mem_used_bytes, cls: "m", label: "mem" }], { floor: 0 }],
+];
+
+function drawMetricCharts(root, h, small) {
+  for (const [cls, title, series, opts] of METRIC_CHARTS) {
+    lineChart(root.querySelector("svg." + cls), h.ts_ns, series(h), {
+      ...opts, title: small ? title : undefined,
+      emptyText: cls === "mm" ? (small ? "memory not reported" : "memory not reported by this backend") : undefined,
+    });
+  }
+}
+
 function renderDeviceCharts() {
-  const h = S.history;
-  if (!h) return;
-  lineChart($("chart-power"), h.ts_ns, [
-    { values: h.cap_w, cls: "c", label: "cap" },
-    { values: h.power_w, cls: "p", label: "power" },
-  ], { floor: 0 });
-  lineChart($("chart-temp"), h.ts_ns, [{ values: h.temp_c, cls: "t", label: "temp" }]);
-  lineChart($("chart-util"), h.ts_ns, [{ values: h.util_compute_pct, cls: "u", label: "util" }], { min: 0, max: 100 });
-  lineChart($("chart-mem"), h.ts_ns, [{ values: h.mem_used_bytes, cls: "m", label: "mem" }],
-    { emptyText: "memory not reported by this backend" });
+  if (S.history) drawMetricCharts($("device-charts"), S.history, false);
 }
 
 function renderHosts() {
@@ -150,15 +159,13 @@ function renderHosts() {
     if (!fig) {
       fig = document.createElement("figure");
       fig.dataset.host = host;
-      fig.innerHTML = `<figcaption>${esc(host)} <b class="hp"></b></figcaption>
-        <svg class="chart small pw"></svg><svg class="chart small tp"></svg>`;
+      fig.innerHTML = `<figcaption>${esc(host)} <b class="hp"></b></figcaption>` +
+        METRIC_CHARTS.map(([cls]) => `<svg class="chart small ${cls}"></svg>`).join("");
       grid.appendChild(fig);
     }
     const lastP = [...h.power_w].reverse().find(v => v !== null);
     fig.querySelector(".hp").textContent = lastP !== undefined ? `${lastP.toFixed(0)} W` : "";
-    lineChart(fig.querySelector(".pw"), h.ts_ns, [
-      { values: h.cap_w, cls: "c", label: "cap" }, { values: h.power_w, cls: "p", label: "power" }], { floor: 0 });
-    lineChart(fig.querySelector(".tp"), h.ts_ns, [{ values: h.temp_c, cls: "t", label: "temp" }]);
+    drawMetricCharts(fig, h, true);
   }
 }
 
