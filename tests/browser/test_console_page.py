@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import LiveConsole, wait_for
+from tests.browser.conftest import ARTIFACTS, LiveConsole, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -73,6 +73,58 @@ def test_page_shows_the_inventory_and_live_charts(live_console: LiveConsole, pag
     )
     wait_for(lambda: "device_silent" in page.locator("#alerts").inner_text(), what="alert")
     assert page.locator("#conn").inner_text() == "live"
+
+
+def test_inventory_rows_expand_to_every_capability(live_console: LiveConsole, page: Any) -> None:
+    page.goto(live_console.url)
+    row = page.locator('#inventory tr[data-device="node2/cpu0"]')
+    wait_for(lambda: row.count() == 1, what="the inventory")
+    wait_for(lambda: state(page, "S.status !== null"), what="status")
+    device = next(
+        d
+        for d in page.request.get(f"{live_console.url}/api/inventory").json()["devices"]
+        if d["device_id"] == "node2/cpu0"
+    )
+    caps = device["capabilities"]
+    selected = state(page, "S.selected")
+    row.locator("button.more").click()
+    details = page.locator('#inventory tr.caps-row[data-caps-of="node2/cpu0"]')
+    assert details.is_visible()
+    assert state(page, "S.selected") == selected  # expanding is not selecting
+    shown = dict(
+        zip(
+            details.locator("dt").all_inner_texts(),
+            details.locator("dd").all_inner_texts(),
+            strict=True,
+        )
+    )
+    pl = caps["power_limits"]
+    limits = f"{pl['min_w']:g}\u2013{pl['max_w']:g} W, default {pl['default_w']:g} W"
+    assert shown["power limits"] == limits
+    assert shown["uuid"] == device["uuid"] and shown["backend"] == "sim"
+    assert shown["streams"] == ", ".join(device["streams"])
+    # Every field discovery has: what the backend cannot tell (None) says so, not a blank.
+    fields = {
+        "compute capability": caps["compute_capability"],
+        "MIG": caps["mig_supported"],
+        "ECC": caps["ecc_enabled"],
+        "PCIe": caps["pcie_gen"],
+        "NVLink links": caps["nvlink_links"],
+        "max clocks": caps["max_clock_sm_mhz"],
+        "driver": caps["driver_version"],
+        "management library": caps["library_version"],
+    }
+    for label, value in fields.items():
+        assert (shown[label] == "not reported") == (value is None), (label, shown[label])
+    for key, value in caps["extra"].items():
+        assert shown[f"{key} (backend extra)"] == f"{value:g}"
+    assert len(shown) == 4 + len(fields) + 1 + len(caps["extra"])
+    page.wait_for_timeout(2500)  # polls redraw the rows' live cells, not the details
+    assert details.is_visible() and row.locator("button.more").inner_text() == "▾"
+    details.scroll_into_view_if_needed()
+    page.locator(".inventory").screenshot(path=str(ARTIFACTS / "inventory-capabilities.png"))
+    row.locator("button.more").click()
+    assert details.count() == 0
 
 
 def test_power_slider_caps_the_device_and_the_chart_shows_power_fall(

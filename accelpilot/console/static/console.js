@@ -67,6 +67,49 @@ async function act(path, body, what) {
 }
 
 // -- inventory ---------------------------------------------------------------------------------
+// Discovery's capabilities (collectors/device.py Capabilities; null = the backend cannot tell).
+const flag = (v, yes, no) => v === null || v === undefined ? null : v ? yes : no;
+const CAPABILITIES = [
+  ["compute capability", c => c.compute_capability],
+  ["MIG", c => c.mig_supported === null || c.mig_supported === undefined ? null : !c.mig_supported ? "not supported"
+    : `supported, ${flag(c.mig_enabled, "enabled", "disabled") ?? "mode not reported"}`],
+  ["ECC", c => flag(c.ecc_enabled, "enabled", "disabled")],
+  ["PCIe", c => c.pcie_gen || c.pcie_width ? `gen ${c.pcie_gen ?? "?"} x${c.pcie_width ?? "?"}` : null],
+  ["NVLink links", c => c.nvlink_links],
+  ["max clocks", c => c.max_clock_sm_mhz || c.max_clock_mem_mhz ?
+    `SM ${fmt(c.max_clock_sm_mhz)} MHz, memory ${fmt(c.max_clock_mem_mhz)} MHz` : null],
+  ["power limits", c => c.power_limits &&
+    `${c.power_limits.min_w}–${c.power_limits.max_w} W, default ${c.power_limits.default_w} W`],
+  ["driver", c => c.driver_version],
+  ["management library", c => c.library_version],
+];
+
+function capabilitiesHtml(d) {
+  const c = d.capabilities || {};
+  const rows = [["backend", d.backend], ["uuid", d.uuid], ["index", d.index],
+    ["streams", (d.streams || []).join(", ") || null],
+    ...CAPABILITIES.map(([k, get]) => [k, get(c)]),
+    ...Object.entries(c.extra || {}).map(([k, v]) => [`${k} (backend extra)`, v])];
+  const note = S.status && S.status.read_only
+    ? '<p class="muted">read-only mode: discovery data (vendor, model, capabilities) is not in InfluxDB</p>' : "";
+  return note + '<dl class="caps">' + rows.map(([k, v]) =>
+    `<dt>${esc(k)}</dt><dd${v === null || v === undefined ? ' class="muted">not reported' : `>${esc(v)}`}</dd>`).join("") + "</dl>";
+}
+
+function toggleCapabilities(tr, d) {
+  const open = tr.nextElementSibling && tr.nextElementSibling.classList.contains("caps-row");
+  if (open) tr.nextElementSibling.remove();
+  else {
+    const row = document.createElement("tr");
+    row.className = "caps-row";
+    row.dataset.capsOf = d.device_id;
+    row.innerHTML = `<td colspan="12">${capabilitiesHtml(d)}</td>`;
+    tr.after(row);
+  }
+  tr.querySelector(".more").textContent = open ? "▸" : "▾";
+  tr.querySelector(".more").setAttribute("aria-expanded", String(!open));
+}
+
 function buildInventory() {
   const tb = $("inventory").querySelector("tbody");
   tb.innerHTML = "";
@@ -74,12 +117,14 @@ function buildInventory() {
     const pl = d.capabilities.power_limits;
     const tr = document.createElement("tr");
     tr.dataset.device = d.device_id;
-    tr.innerHTML = `<td class="id">${esc(d.device_id)}</td><td>${esc(d.kind)}</td>
+    tr.innerHTML = `<td><button class="ghost more" title="capabilities" aria-expanded="false">▸</button></td>
+      <td class="id">${esc(d.device_id)}</td><td>${esc(d.kind)}</td>
       <td>${d.vendor || d.model ? `${esc(d.vendor)} ${esc(d.model)}` : "–"}</td><td>${fmtBytes(d.memory_total_bytes)}</td>
       <td>${pl ? `${pl.min_w}–${pl.max_w} W` : "–"}</td>
       <td class="num p">–</td><td class="num c">–</td><td class="num t">–</td><td class="num u">–</td>
       <td class="num r">–</td><td class="flags"></td>`;
     tr.addEventListener("click", () => select(d.device_id));
+    tr.querySelector(".more").addEventListener("click", e => { e.stopPropagation(); toggleCapabilities(tr, d); });
     tb.appendChild(tr);
   }
   $("inv-count").textContent = `${S.inventory.devices.length} accelerators on ${S.inventory.hosts.length} hosts`;
@@ -88,7 +133,7 @@ function buildInventory() {
 }
 
 function renderLive() {
-  const rows = $("inventory").querySelectorAll("tbody tr");
+  const rows = $("inventory").querySelectorAll("tbody tr[data-device]");
   for (const tr of rows) {
     const v = S.live.devices[tr.dataset.device];
     if (!v) continue;
