@@ -1,10 +1,10 @@
-"""Where the console reads history and events from: one small interface, one SQLite source.
+"""Where the console reads history and events from: one small interface, two sources.
 
 :class:`ConsoleSource` is everything the console *reads* (time series, alerts, anomalies,
 aggregates, the action audit). The embedded demo's :class:`SqliteSource` reads the
-:class:`~accelpilot.streams.sqlite_store.SqliteStore` its pipeline writes. A real-pipeline source
-would answer the same calls from InfluxDB (the worker's measurements); it is not built yet
-(docs/console.md).
+:class:`~accelpilot.streams.sqlite_store.SqliteStore` its pipeline writes; the read-only
+real-pipeline console (`accelpilot console`) answers the same calls from InfluxDB, the worker's
+measurements (:class:`~accelpilot.console.influx_source.InfluxSource`; docs/console.md).
 
 Times: ``seconds`` of history count back from the newest sample in the store (the data's clock,
 which in the demo runs faster than the wall clock), not from ``time.time()``.
