@@ -78,16 +78,31 @@ def stop_pid(pid_file: Path, timeout_s: float = 30.0) -> bool:
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
+    # Wait for the process itself, not for its pid file to stop matching: an exiting process
+    # has released its memory (/proc/PID/cmdline reads empty) while it still holds its files
+    # and ports, and a server restarted then failed to start beside it.
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and read_pid(pid_file) is not None:
+    while time.monotonic() < deadline and _alive(pid):
         _reap(pid)
         time.sleep(0.2)
-    if read_pid(pid_file) is not None:
+    if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        _reap(pid)
+        deadline = time.monotonic() + 10.0
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (whatever its command line reads now)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _reap(pid: int) -> None:
