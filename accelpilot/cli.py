@@ -605,6 +605,10 @@ def bench_pipeline(
     latency_s: Annotated[float, typer.Option(help="Seconds of the latency phase.")] = 15.0,
     naive_hosts: Annotated[int, typer.Option(help="Hosts for the naive design.")] = 100,
     naive_ticks: Annotated[int, typer.Option(help="Ticks for the naive design.")] = 10,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="py-spy the worker's drain into FILE (raw stacks); top entries in JSON."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Pipeline throughput, latency and CPU against the real broker, ours vs a naive design.
@@ -619,6 +623,7 @@ def bench_pipeline(
         latency_s=latency_s,
         naive_hosts=naive_hosts,
         naive_ticks=naive_ticks,
+        profile=profile,
         progress=lambda m: typer.echo(m, err=True),
     )
     typer.echo(json.dumps(result, indent=2))

@@ -68,6 +68,9 @@ class WorkerSettings(_Section):
     # Batch of samples handed to the sinks at once (bounded by count and by time).
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_within_s: float = Field(0.2, gt=0, le=60)
+    # A batch smaller than batch_max waits this long for more (per-batch costs are then paid
+    # at most ~1/batch_linger_s times a second under a light load; it adds as much latency).
+    batch_linger_s: float = Field(0.05, ge=0, le=5)
     # Samples stamped further in the future than this are rejected to the DLQ.
     max_future_skew_s: float = Field(300.0, gt=0)
     data_dir: Path = Path("/tmp/accelpilot-worker")

@@ -74,8 +74,6 @@ def make_app(settings: Settings) -> faust.App:
 
     dlq_topic = raw_topic(DLQ)
     aggregates_topic = raw_topic(AGGREGATES)
-    anomalies_topic = raw_topic(ANOMALIES)
-    alerts_topic = raw_topic(ALERTS)
     # Host windows also go to the one-partition roll-up topic: one worker sums the fleet.
     rollup_topic = rollup_input_topic(app, settings)
     # Lines InfluxDB refuses (e.g. a field-type conflict) are dead-lettered, not retried.
@@ -95,23 +93,32 @@ def make_app(settings: Settings) -> faust.App:
         internal=True,
     )
     topics = IngestTopics(
-        alerts=alerts_topic,
-        anomalies=anomalies_topic,
-        aggregates=aggregates_topic,
-        rollup=rollup_topic,
-        dlq=dlq_topic,
-        host_state=host_state_topic,
+        alerts=settings.topic(ALERTS),
+        anomalies=settings.topic(ANOMALIES),
+        aggregates=settings.topic(AGGREGATES),
+        rollup=rollup_topic.get_topic_name(),
+        dlq=settings.topic(DLQ),
+        host_state=host_state_topic.get_topic_name(),
     )
-    ingest = IngestLoop(settings, topics, sink)
+    # Actions, their outcomes and the optimizer's savings (streams/fleet_events.py); the
+    # savings are fed by the ingest loop with the host windows it closes.
+    from accelpilot.streams.fleet_events import register_fleet_events
+
+    fleet_events = register_fleet_events(app, settings)
+    ingest = IngestLoop(
+        settings,
+        topics,
+        app.producer,
+        sink,
+        declare=host_state_topic.maybe_declare,
+        savings=fleet_events,
+    )
     rollup = RollupLoop(settings, rollup_topic, aggregates_topic)
     app.service(_service_for(ingest, f"{w.app_id} reading {settings.topic(SAMPLES)}"))
     app.service(_service_for(rollup, f"{w.app_id} rolling up {settings.topic(ROLLUP_INPUT)}"))
     app.accelpilot_ingest = ingest  # type: ignore[attr-defined]
     app.accelpilot_fleet_rollup = rollup  # type: ignore[attr-defined]
-    # Actions, their outcomes and the optimizer's savings (streams/fleet_events.py).
-    from accelpilot.streams.fleet_events import register_fleet_events
-
-    app.accelpilot_fleet_events = register_fleet_events(app, settings)  # type: ignore[attr-defined]
+    app.accelpilot_fleet_events = fleet_events  # type: ignore[attr-defined]
     return app
 
 

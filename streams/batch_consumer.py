@@ -16,7 +16,7 @@ What this gives instead:
 
 - :meth:`BatchConsumer.batches` yields lists of ``(token, record)``, straight from aiokafka's
   ``getmany`` (at most ``batch_max`` records; waits up to ``within_s`` only when nothing is
-  buffered).
+  buffered; a batch smaller than ``batch_max`` waits ``linger_s`` for more).
 - :meth:`BatchConsumer.release` marks records done; the consumer commits each partition's done
   prefix (streams/offset_ledger.py) at most every ``commit_interval_s``, at each rebalance and
   at stop. Auto-commit is off: nothing is committed that was not released.
@@ -29,6 +29,7 @@ What this gives instead:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -58,6 +59,7 @@ class BatchConsumer:
         group_id: str,
         batch_max: int,
         within_s: float,
+        linger_s: float = 0.0,
         on_assigned: RebalanceHook = _nothing,
         on_revoked: RebalanceHook = _nothing,
         commit_interval_s: float = 1.0,
@@ -68,6 +70,7 @@ class BatchConsumer:
         self.topic = topic
         self.batch_max = batch_max
         self.within_ms = max(1, round(within_s * 1000))
+        self.linger_s = linger_s
         self.commit_interval_s = commit_interval_s
         self.ledger = OffsetLedger()
         self.assigned: set[int] = set()
@@ -111,9 +114,17 @@ class BatchConsumer:
     async def batches(self) -> AsyncIterator[list[tuple[Token, Any]]]:
         """Batches of ``(token, record)`` in each partition's order; an empty list when nothing
         arrived within ``within_s`` (so the caller's clock-driven work still runs)."""
-        consumer, ledger = self._started, self.ledger
+        consumer, ledger, batch_max = self._started, self.ledger, self.batch_max
         while True:
-            data = await consumer.getmany(timeout_ms=self.within_ms, max_records=self.batch_max)
+            data = await consumer.getmany(timeout_ms=self.within_ms, max_records=batch_max)
+            n = sum(len(records) for records in data.values())
+            if 0 < n < batch_max and self.linger_s > 0:
+                # A light load hands over a few records at a time: wait a moment for more, so
+                # that per-batch costs are paid ~1/linger_s times a second, not per record.
+                await asyncio.sleep(self.linger_s)
+                more = await consumer.getmany(timeout_ms=0, max_records=batch_max - n)
+                for tp, records in more.items():
+                    data[tp] = data.get(tp, []) + records
             if self.failure is not None:  # aiokafka only logs what a rebalance hook raised
                 raise self.failure
             yield [

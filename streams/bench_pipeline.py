@@ -55,6 +55,7 @@ from accelpilot.schemas.topics import ALERTS, ALL_TOPICS, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from accelpilot.stack.kafka import create_topics, delete_topics
 from accelpilot.streams.bench_naive import naive_messages
+from accelpilot.streams.bench_profile import py_spy_argv, summarize
 from accelpilot.streams.influx_lines import sample_lines
 
 Progress = Callable[[str], None]
@@ -83,6 +84,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _python_of(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> psutil.Process:
+    """The Python process itself: ``proc``, or its child when py-spy runs it (--profile), so
+    that CPU figures never include the profiler."""
+    ps = psutil.Process(proc.pid)
+    deadline = time.monotonic() + timeout_s
+    while "py-spy" in Path(ps.exe()).name and time.monotonic() < deadline:
+        children = ps.children()
+        if children:
+            return children[0]
+        time.sleep(0.05)
+    return ps
 
 
 def _cpu_s(proc: psutil.Process) -> float:
@@ -134,7 +148,7 @@ def _drain(
     log: Path,
 ) -> dict[str, float]:
     """Wait until ``want`` points are visible; rate and CPU from the first to the last one."""
-    ps = psutil.Process(proc.pid)
+    ps = _python_of(proc)
     spawned = (time.monotonic(), 0, _cpu_s(ps))
     first: tuple[float, int, float] | None = None
     deadline = time.monotonic() + timeout_s
@@ -194,6 +208,7 @@ def bench_pipeline(
     naive_ticks: int = 10,
     compression: str | None = "gzip",
     timeout_s: float = 300.0,
+    profile: Path | None = None,
     progress: Progress = print,
 ) -> dict[str, Any]:
     """Run every phase and return the figures (see the module docstring)."""
@@ -261,23 +276,23 @@ def bench_pipeline(
         progress(f"published backlog at {len(messages) / pub_s:.0f} msg/s; starting the worker")
         config = write_toml(run, tmp / "worker.toml")
         worker_log = tmp / "worker.log"
-        worker = _spawn(
-            [
-                sys.executable,
-                "-m",
-                "accelpilot.cli",
-                "worker",
-                "--config",
-                str(config),
-                "-l",
-                "warning",
-            ],
-            worker_log,
-        )
+        argv = [sys.executable, "-m", "accelpilot.cli", "worker", "--config", str(config)]
+        argv += ["-l", "warning"]
+        spy = None if profile is None else py_spy_argv(profile)
+        if profile is not None and spy is None:
+            progress("py-spy not found (pip install py-spy): running without a profile")
+        worker = _spawn((spy or []) + argv, worker_log)
         procs.append(worker)
         ours = _drain(worker, url, db, "seq", n_samples, timeout_s, worker_log)
         ours["batch_max"] = run.worker.batch_max
         result["ours"] = ours
+        if spy is not None:  # the drain only: py-spy writes its file once the worker exits
+            _python_of(worker).terminate()
+            worker.wait(timeout=60)
+            assert profile is not None
+            result["profile"] = summarize(profile)
+            worker = _spawn(argv, worker_log)
+            procs.append(worker)
         progress(f"ours: {ours['device_samples_per_s']:.0f} device-samples/s")
 
         # -- phase 2: InfluxDB alone, same lines, from this process

@@ -3,9 +3,10 @@
 Inputs (read by the stream worker, which stays the only InfluxDB writer)
     ``fleet.actions``: remembered by ``action_id`` (kind and issuer; an action result names its
     action only). ``fleet.action-results``: one ``action_result`` point per result
-    (:func:`~accelpilot.dashboards.measurements.action_result_lines`). ``telemetry.aggregates``
-    (host scope, the worker's shortest window): one ``optimizer_savings`` point per host window
-    once the optimizer acts on the host.
+    (:func:`~accelpilot.dashboards.measurements.action_result_lines`). The host windows the
+    worker's ingest loop closes (host scope, the worker's shortest window; the same payloads it
+    publishes to ``telemetry.aggregates``): one ``optimizer_savings`` point per host window once
+    the optimizer acts on the host.
 
 Savings: measured energy against an adjusted baseline
     Savings cannot be measured directly (nobody runs the same fleet twice), so they are estimated
@@ -32,7 +33,8 @@ Savings: measured energy against an adjusted baseline
 
     The baselines are kept in a small JSON file in the worker's data directory (written when
     they change), so a restarted worker keeps them; they do not move with a host whose
-    partition a rebalance gives to another worker (that host then has no savings points there).
+    partition a rebalance gives to another worker (that host then has no savings points there
+    until its new worker has a baseline of its own).
     A replayed window overwrites its own baseline entry and its own point (same series and
     time): replays are idempotent.
 
@@ -62,7 +64,7 @@ from accelpilot.schemas import codec
 from accelpilot.schemas.action_results import ActionResult
 from accelpilot.schemas.actions import Action
 from accelpilot.schemas.aggregates import Aggregate
-from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, AGGREGATES, DLQ
+from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, DLQ
 from accelpilot.streams.dead_letters import dead_letter, send_rejected_lines
 from accelpilot.streams.influx_sink import InfluxSink
 
@@ -224,7 +226,10 @@ class FleetEvents:
 
 # -- the faust wiring ------------------------------------------------------------------------------
 def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float = 10.0) -> Any:
-    """Add the stage's agents to the worker's faust ``app``; returns the :class:`FleetEvents`."""
+    """Add the stage's agents (actions and their results) to the worker's faust ``app``;
+    returns the :class:`FleetEvents`. Its savings are fed by the ingest loop with the host
+    windows it closes (streams/ingest_loop.py): the worker does not read its own aggregates
+    back from Kafka."""
     w = settings.worker
     stage = FleetEvents(min(w.windows_s), w.data_dir / w.app_id / "savings-baselines.json")
 
@@ -239,11 +244,8 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
 
     dlq_topic = raw_topic(DLQ)
     # Lines InfluxDB refuses are dead-lettered under the topic their records came from.
-    results_sink, savings_sink = (
-        InfluxSink(
-            settings.influx, on_rejected=send_rejected_lines(dlq_topic, settings.topic(source))
-        )
-        for source in (ACTION_RESULTS, AGGREGATES)
+    results_sink = InfluxSink(
+        settings.influx, on_rejected=send_rejected_lines(dlq_topic, settings.topic(ACTION_RESULTS))
     )
 
     async def decoded(kind: type[Any], events: Sequence[Any]) -> list[Any]:
@@ -287,18 +289,6 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
             for action_id in stage.unknown(batch):
                 log.warning("result of unknown action %s: written with kind 'unknown'", action_id)
             await results_sink.write(stage.on_results(batch))
-            stage.save_if_changed()
-            for event in events:
-                await manual.ack(event)
-
-    @app.agent(raw_topic(AGGREGATES), name="fleet-savings")
-    async def savings(stream: Any) -> None:
-        manual = stream.noack()
-        async for events in manual.noack_take(w.batch_max, within=w.batch_within_s):
-            lines = []
-            for agg in await decoded(Aggregate, events):
-                lines += stage.on_aggregate(agg)
-            await savings_sink.write(lines)
             stage.save_if_changed()
             for event in events:
                 await manual.ack(event)

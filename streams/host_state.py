@@ -58,22 +58,32 @@ def written_windows(aggregates: Iterable[Aggregate]) -> dict[str, dict[str, int]
     """Per host, per window size: the end of the latest host window among ``aggregates``."""
     out: dict[str, dict[str, int]] = {}
     for a in aggregates:
-        if a.scope != "host":
-            continue
-        ends = out.setdefault(a.key, {})
-        k = window_key(a.window_s)
-        if a.window_end_ns > ends.get(k, -1):
-            ends[k] = a.window_end_ns
+        if a.scope == "host":
+            _advance(out.setdefault(a.key, {}), window_key(a.window_s), a.window_end_ns)
     return out
+
+
+def merged_written(writtens: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """Several batches' :func:`written_windows` as one (the latest end wins)."""
+    out: dict[str, dict[str, int]] = {}
+    for written in writtens:
+        for host_id, ends in written.items():
+            mine = out.setdefault(host_id, {})
+            for k, end in ends.items():
+                _advance(mine, k, end)
+    return out
+
+
+def _advance(ends: dict[str, int], key: str, end: int) -> bool:
+    if end > ends.get(key, -1):
+        ends[key] = end
+        return True
+    return False
 
 
 def merged(old: HostRecord | None, ends: dict[str, int]) -> HostRecord | None:
     """``old`` advanced to ``ends`` (never moved back); None when nothing changes."""
     base = {} if old is None else old.written_ns
     new = dict(base)
-    for k, end in ends.items():
-        if end > new.get(k, -1):
-            new[k] = end
-    if new == base:
-        return None
-    return HostRecord(written_ns=new)
+    moved = [_advance(new, k, end) for k, end in ends.items()]
+    return HostRecord(written_ns=new) if any(moved) else None
