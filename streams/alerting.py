@@ -396,28 +396,64 @@ class AlertEngine:
 
     def get_state(self) -> bytes:
         """msgspec (msgpack) checkpoint keyed by device id, then channel."""
-        st = self.state
-        devices = {
-            dev: {
-                name: _ChannelState(**{f: st[f][slot, j].item() for f in _FIELDS})
-                for j, name in enumerate(self.channels)
-            }
-            for dev, slot in self.slots.items()
-        }
+        devices = {dev: self._device_state(slot) for dev, slot in self.slots.items()}
         return msgspec.msgpack.encode(_EngineState(devices=devices, hosts=self.hosts))
 
     @classmethod
     def from_state(cls, state: bytes, config: AlertConfig | None = None) -> AlertEngine:
-        s = msgspec.msgpack.decode(state, type=_EngineState)
         eng = cls(config)
-        for dev, chans in s.devices.items():
-            (slot,) = eng._slots([s.hosts[dev]], [dev]).tolist()
-            for name, cs in chans.items():
-                j = eng._channel(name)
-                for f in _FIELDS:
-                    eng.state[f][slot, j] = getattr(cs, f)
-        eng._slot_cache.clear()
+        eng._load(msgspec.msgpack.decode(state, type=_EngineState))
         return eng
+
+    def host_state(self, host_id: str) -> bytes:
+        """The checkpoint of one host's devices, only the channels not at rest (an open
+        episode, a run of ticks above its threshold, a smoothed score that is not ~0): what the
+        host's next owner needs to go on with the same episodes (streams/host_state.py). A
+        quiet channel's count of ticks below its threshold is not kept: it only matters while
+        firing."""
+        devices = {}
+        for dev, slot in self.slots.items():
+            if self.hosts[dev] == host_id:
+                active = {n: cs for n, cs in self._device_state(slot).items() if _active(cs)}
+                if active:
+                    devices[dev] = active
+        hosts = {dev: host_id for dev in devices}
+        return msgspec.msgpack.encode(_EngineState(devices=devices, hosts=hosts))
+
+    def restore_host(self, host_id: str, state: bytes) -> None:
+        """Put back one host's devices as :meth:`host_state` saved them (every channel of
+        those devices not in the checkpoint is at rest)."""
+        s = msgspec.msgpack.decode(state, type=_EngineState)
+        for dev, slot in self.slots.items():
+            if self.hosts[dev] == host_id:
+                for f in _FIELDS:
+                    self.state[f][slot, :] = 0
+        self._load(s)
+
+    def _device_state(self, slot: int) -> dict[str, _ChannelState]:
+        st = self.state
+        return {
+            name: _ChannelState(**{f: st[f][slot, j].item() for f in _FIELDS})
+            for j, name in enumerate(self.channels)
+        }
+
+    def _load(self, s: _EngineState) -> None:
+        for dev, chans in s.devices.items():
+            (slot,) = self._slots([s.hosts[dev]], [dev]).tolist()
+            for name, cs in chans.items():
+                j = self._channel(name)
+                for f in _FIELDS:
+                    self.state[f][slot, j] = getattr(cs, f)
+        self._slot_cache.clear()
+
+
+def _active(cs: _ChannelState) -> bool:
+    return cs.firing or cs.on > 0 or abs(cs.aux) >= _AUX_AT_REST
+
+
+#: A smoothed anomaly score below this is taken as 0 in a host's checkpoint (the ``anomaly``
+#: channels fire at ``AlertConfig.anomaly_on``, far above).
+_AUX_AT_REST = 0.01
 
 
 @dataclass(frozen=True, slots=True)
