@@ -9,18 +9,31 @@ A broken config raises :class:`~accelpilot.errors.ConfigError` naming the field 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from accelpilot.errors import ConfigError
 
 CONFIG_ENV = "ACCELPILOT_CONFIG"
 DEFAULT_CONFIG_FILE = Path("accelpilot.toml")
+#: ``worker.cluster`` unless configured.
+DEFAULT_CLUSTER = "default"
+# An InfluxDB tag value that needs no escaping in line protocol and reads the same in an InfluxQL
+# regex or string literal and in a Grafana variable: no comma, space, =, quote, backslash, slash.
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class _Section(BaseModel):
@@ -77,6 +90,19 @@ class WorkerSettings(_Section):
     # Tumbling aggregate windows (event time) and how late a sample may arrive.
     windows_s: tuple[float, ...] = (10.0, 60.0)
     allowed_lateness_s: float = Field(5.0, ge=0, le=600)
+    # The cluster this worker group serves (one Kafka pipeline per cluster; several may write
+    # one InfluxDB): every point the worker writes is tagged cluster=<this>.
+    cluster: str = DEFAULT_CLUSTER
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_is_a_plain_tag_value(cls, value: str) -> str:
+        if not _CLUSTER_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a cluster name: 1-64 characters from A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit (it becomes the InfluxDB tag value cluster=...)"
+            )
+        return value
 
 
 class AgentSettings(_Section):

@@ -41,6 +41,7 @@ def test_defaults() -> None:
     assert s.influx.bucket == "accelpilot/autogen"
     assert (s.stack.kafka_port, s.stack.kafka_version) == (9092, "3.9.1")
     assert s.worker.max_future_skew_s == 300.0
+    assert s.worker.cluster == "default"
     assert s.topic("telemetry.samples") == "telemetry.samples"
 
 
@@ -89,6 +90,12 @@ def test_overrides_beat_the_file(tmp_path: Path) -> None:
         ('[worker]\nbatch_max = "many"\n', "worker.batch_max"),
         ('[stack]\nkafka_version = "4.0.0"\n', "stack.kafka_version"),
         ("[kafka]\npartitions = 0\n", "kafka.partitions"),
+        ('[worker]\ncluster = "eu west"\n', "worker.cluster"),
+        ('[worker]\ncluster = "a,b=c"\n', "worker.cluster"),
+        ('[worker]\ncluster = ""\n', "worker.cluster"),
+        ('[worker]\ncluster = "-x"\n', "worker.cluster"),
+        ('[worker]\ncluster = "a/b"\n', "worker.cluster"),
+        ('[worker]\ncluster = "a\\\\b"\n', "worker.cluster"),
     ],
 )
 def test_bad_file_value_names_the_field(tmp_path: Path, toml: str, field: str) -> None:
@@ -155,3 +162,11 @@ def test_write_toml_round_trips_every_section(tmp_path: Path) -> None:
     assert again.model_dump() == settings.model_dump()
     assert again.influx.token.get_secret_value() == "user:s3cret"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_worker_cluster_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCELPILOT_WORKER__CLUSTER", "eu-west.gpu_2")
+    assert load_settings().worker.cluster == "eu-west.gpu_2"
+    monkeypatch.setenv("ACCELPILOT_WORKER__CLUSTER", 'eu"west')
+    with pytest.raises(ConfigError, match=r"field 'worker\.cluster' .*not a cluster name"):
+        load_settings()
