@@ -1,5 +1,7 @@
 """InfluxDB line protocol for the optimizer's records that the dashboards read.
 
+Both are tagged ``cluster`` (the worker's ``worker.cluster``) too.
+
 - ``action_result``: tags ``host``, ``device`` (``-`` for host-wide actions such as load
   weights), ``kind`` (the action kind: ``set_power_cap``, ``park``, ``wake``,
   ``set_load_weights``), ``outcome`` (``applied``, ``dry_run``, ``unchanged``, ``rejected``,
@@ -21,10 +23,10 @@
 >>> from accelpilot.schemas.action_results import ActionResult
 >>> r = ActionResult(action_id="a1", host_id="n0", device_id="n0/gpu0", ts_ns=5,
 ...                  outcome="applied", previous_cap_w=700.0, new_cap_w=575.0)
->>> action_result_lines([(r, "set_power_cap")])[0]
-'action_result,host=n0,device=n0/gpu0,kind=set_power_cap,outcome=applied applied=1i,new_cap_w=575.0,previous_cap_w=700.0,reason="",action_id="a1" 703400'
->>> savings_line("learned", "n0", 90.0, 100.0, 10.0, 7)
-'optimizer_savings,policy=learned,host=n0 energy_j=90.0,baseline_energy_j=100.0,savings_ratio=0.1,period_s=10.0 7'
+>>> action_result_lines([(r, "set_power_cap")], cluster="c1")[0]
+'action_result,cluster=c1,host=n0,device=n0/gpu0,kind=set_power_cap,outcome=applied applied=1i,new_cap_w=575.0,previous_cap_w=700.0,reason="",action_id="a1" 703400'
+>>> savings_line("learned", "n0", 90.0, 100.0, 10.0, 7, cluster="c1")
+'optimizer_savings,cluster=c1,policy=learned,host=n0 energy_j=90.0,baseline_energy_j=100.0,savings_ratio=0.1,period_s=10.0 7'
 """  # noqa: E501
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ def unique_offset_ns(action_id: str) -> int:
     return zlib.crc32(action_id.encode()) % 1_000_000
 
 
-def action_result_lines(results: Iterable[tuple[ActionResult, str]]) -> list[str]:
+def action_result_lines(
+    results: Iterable[tuple[ActionResult, str]], *, cluster: str
+) -> list[str]:
     """One point per ``(result, action_kind)`` (the kind lives on the action, not the result)."""
+    series = f"{ACTION_RESULT_MEASUREMENT},cluster={escape_tag(cluster)},host="
     lines = []
     for r, kind in results:
         fields = [f"applied={1 if r.outcome == 'applied' else 0}i"]
@@ -60,7 +65,7 @@ def action_result_lines(results: Iterable[tuple[ActionResult, str]]) -> list[str
         fields.append(f"reason={_field_str(r.reason)}")
         fields.append(f"action_id={_field_str(r.action_id)}")
         lines.append(
-            f"{ACTION_RESULT_MEASUREMENT},host={escape_tag(r.host_id)},"
+            f"{series}{escape_tag(r.host_id)},"
             f"device={escape_tag(r.device_id or '-')},kind={escape_tag(kind)},"
             f"outcome={r.outcome} {','.join(fields)} {r.ts_ns + unique_offset_ns(r.action_id)}"
         )
@@ -74,11 +79,14 @@ def savings_line(
     baseline_energy_j: float,
     period_s: float,
     ts_ns: int,
+    *,
+    cluster: str,
 ) -> str:
     """One ``optimizer_savings`` point; ``savings_ratio`` is 0 when the baseline is 0."""
     ratio = 1.0 - energy_j / baseline_energy_j if baseline_energy_j > 0 else 0.0
     return (
-        f"{SAVINGS_MEASUREMENT},policy={escape_tag(policy)},host={escape_tag(host_id)} "
+        f"{SAVINGS_MEASUREMENT},cluster={escape_tag(cluster)},policy={escape_tag(policy)},"
+        f"host={escape_tag(host_id)} "
         f"energy_j={float(energy_j)!r},"
         f"baseline_energy_j={float(baseline_energy_j)!r},savings_ratio={round(ratio, 12)!r},"
         f"period_s={float(period_s)!r} {ts_ns}"

@@ -1,7 +1,8 @@
 """InfluxDB line protocol for ``telemetry.aggregates`` payloads.
 
-Measurements ``device_agg``, ``host_agg`` and ``fleet_agg`` (by scope). Tags: ``host`` (device and
-host scopes), ``device`` (device scope), ``window`` (the window length, e.g. ``60s``, so several
+Measurements ``device_agg``, ``host_agg`` and ``fleet_agg`` (by scope). Tags: ``cluster`` (the
+worker's ``worker.cluster``; a fleet window is that cluster's fleet), ``host`` (device and host
+scopes), ``device`` (device scope), ``window`` (the window length, e.g. ``60s``, so several
 window sizes can share a database). Fields: ``<metric>_<stat>`` for ``min``, ``max``, ``mean``,
 ``p95``, ``last`` (floats) and ``<metric>_count`` (integer), plus ``sample_count`` and
 ``gap_count`` (integers) and ``energy_j`` (float, absent when ``null``). Time = the window start,
@@ -12,6 +13,7 @@ same point instead of adding one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 import msgspec
 
@@ -36,7 +38,9 @@ class AggregateFormatter:
     formatted by msgspec's JSON encoder in one C call (shortest round-trip text, as in
     :mod:`~accelpilot.streams.influx_lines`) and dropped into the cached ``%s`` template."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        self._cluster_tag = f",cluster={escape_tag(cluster)}"
         self._templates: dict[tuple[object, ...], str] = {}
 
     def line(self, agg: Aggregate) -> str:
@@ -58,9 +62,8 @@ class AggregateFormatter:
         numbers.append(agg.window_start_ns)
         return template % tuple(_encode(numbers)[1:-1].decode().split(","))
 
-    @staticmethod
-    def _template(agg: Aggregate) -> str:
-        tags = MEASUREMENTS[agg.scope]
+    def _template(self, agg: Aggregate) -> str:
+        tags = MEASUREMENTS[agg.scope] + self._cluster_tag
         if agg.scope != "fleet":
             host = agg.key if agg.scope == "host" else agg.host_id
             if not host:
@@ -82,14 +85,19 @@ class AggregateFormatter:
 
 _MAX_TEMPLATES = 200_000  # layouts cached (two windows x devices and hosts of a partition set)
 _encode = msgspec.json.Encoder().encode
-_default = AggregateFormatter()
 
 
-def aggregate_line(agg: Aggregate) -> str:
-    """One point per aggregate; metric fields in the payload's order."""
-    return _default.line(agg)
+@lru_cache(maxsize=16)
+def _formatter(cluster: str) -> AggregateFormatter:
+    return AggregateFormatter(cluster)
 
 
-def aggregate_lines(aggs: Iterable[Aggregate]) -> list[str]:
-    line = _default.line
+def aggregate_line(agg: Aggregate, *, cluster: str) -> str:
+    """One point per aggregate, tagged ``cluster=<cluster>``; metric fields in the payload's
+    order."""
+    return _formatter(cluster).line(agg)
+
+
+def aggregate_lines(aggs: Iterable[Aggregate], *, cluster: str) -> list[str]:
+    line = _formatter(cluster).line
     return [line(agg) for agg in aggs]

@@ -19,12 +19,12 @@ from accelpilot.schemas.alerts import Alert
 from accelpilot.schemas.anomalies import AnomalyScore
 from accelpilot.schemas.samples import HostSample
 from accelpilot.streams.acks import AckGate
-from accelpilot.streams.aggregate_lines import aggregate_lines
+from accelpilot.streams.aggregate_lines import AggregateFormatter
 from accelpilot.streams.aggregates import FloatArray, WindowAggregator, sample_values
 from accelpilot.streams.alerting import DeviceMonitor
 from accelpilot.streams.event_lines import alert_lines, anomaly_lines
 from accelpilot.streams.host_state import HostRecord
-from accelpilot.streams.influx_lines import sample_lines
+from accelpilot.streams.influx_lines import SampleFormatter
 from accelpilot.streams.ingest import ingest_sample
 
 
@@ -64,6 +64,10 @@ class BatchStages:
         host_record: Callable[[str], HostRecord | None] | None = None,
     ) -> None:
         self.monitor = monitor or DeviceMonitor()
+        # Every line is tagged with the cluster this worker group serves (worker.cluster).
+        self.cluster = w.cluster
+        self.sample_format = SampleFormatter(w.cluster)
+        self.aggregate_format = AggregateFormatter(w.cluster)
         self.clock = clock  # ns; wall time (time.time_ns) when None
         self.max_future_ns = int(w.max_future_skew_s * 1e9)
         self.windows_s = list(w.windows_s)
@@ -110,6 +114,7 @@ class BatchStages:
         held: list[Any] = []
         values: list[FloatArray] = []
         rejected: list[tuple[int, Exception]] = []
+        sample_lines = self.sample_format.lines
         for i, raw in enumerate(raws):
             try:
                 sample = ingest_sample(raw, now_ns, self.max_future_ns)
@@ -122,8 +127,8 @@ class BatchStages:
             held.append(tokens[i])
         # Detection: the detector ensemble, failure-risk rules and the alert engine.
         anomalies, alerts = self.monitor.observe_batch(accepted, values)
-        lines += anomaly_lines(anomalies)
-        lines += alert_lines(alerts)
+        lines += anomaly_lines(anomalies, cluster=self.cluster)
+        lines += alert_lines(alerts, cluster=self.cluster)
         return BatchOutput(rejected, lines, alerts, anomalies, [], [], accepted, held, values)
 
     def aggregate(self, out: BatchOutput) -> BatchOutput:
@@ -144,7 +149,8 @@ class BatchStages:
         # Fleet roll-ups need every partition: the fleet-rollup agent (streams/rollups.py) builds
         # them from every worker's host windows.
         out.aggregates = [a for a in aggregates if a.scope != "fleet"]
-        out.lines += aggregate_lines(out.aggregates)
+        aggregate_line = self.aggregate_format.line
+        out.lines += [aggregate_line(a) for a in out.aggregates]
         # Only hosts that sent samples or had windows closed can release anything.
         touched = {s.host_id for s in out.accepted}
         touched.update(a.key for a in aggregates if a.scope == "host")

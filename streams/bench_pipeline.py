@@ -404,7 +404,8 @@ def _influx_alone(
     from influxdb_client import InfluxDBClient, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
 
-    lines = [line for h in per_host for s in h[:ticks] for line in sample_lines(s)]
+    cluster = run.worker.cluster
+    lines = [line for h in per_host for s in h[:ticks] for line in sample_lines(s, cluster=cluster)]
     client = InfluxDBClient(
         url=run.influx.url, token=run.influx.token.get_secret_value(), org=run.influx.org
     )

@@ -1,5 +1,7 @@
 """InfluxDB line protocol for anomaly scores and alerts (the dashboards and alert rules read these).
 
+Every point is tagged ``cluster`` (the worker's ``worker.cluster``), then:
+
 - ``anomaly``: tags ``host``, ``device``, ``detector``, ``metric``; fields ``score`` (float) and
   ``id`` (string); time = the scored sample's ``ts_ns``. Keyed by series + time: idempotent.
 - ``alert``: tags ``host``, ``device`` (``-`` for host-wide), ``kind``, ``severity``; fields
@@ -23,18 +25,20 @@ def _field_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
-def anomaly_lines(scores: Iterable[AnomalyScore]) -> list[str]:
+def anomaly_lines(scores: Iterable[AnomalyScore], *, cluster: str) -> list[str]:
+    series = f"{ANOMALY_MEASUREMENT},cluster={escape_tag(cluster)},host="
     return [
-        f"{ANOMALY_MEASUREMENT},host={escape_tag(a.host_id)},device={escape_tag(a.device_id)},"
+        f"{series}{escape_tag(a.host_id)},device={escape_tag(a.device_id)},"
         f"detector={escape_tag(a.detector)},metric={escape_tag(a.metric or '-')} "
         f"score={float(a.score)!r},id={_field_str(a.id)} {a.ts_ns}"
         for a in scores
     ]
 
 
-def alert_lines(alerts: Iterable[Alert]) -> list[str]:
+def alert_lines(alerts: Iterable[Alert], *, cluster: str) -> list[str]:
+    series = f"{ALERT_MEASUREMENT},cluster={escape_tag(cluster)},host="
     return [
-        f"{ALERT_MEASUREMENT},host={escape_tag(a.host_id)},device={escape_tag(a.device_id or '-')},"
+        f"{series}{escape_tag(a.host_id)},device={escape_tag(a.device_id or '-')},"
         f"kind={escape_tag(a.kind)},severity={a.severity} "
         f"firing={1 if a.state == 'firing' else 0}i,state={_field_str(a.state)},"
         f"reason={_field_str(a.reason)},id={_field_str(a.id)},started_ts_ns={a.started_ts_ns}i "

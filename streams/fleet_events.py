@@ -108,9 +108,11 @@ class FleetEvents:
         window_s: float,
         state_path: Path | None = None,
         *,
+        cluster: str,
         min_baseline_samples: int = 30,
     ) -> None:
         self.window_s = window_s
+        self.cluster = cluster  # the tag of every line it makes (worker.cluster)
         self.state_path = state_path
         self.min_baseline_samples = min_baseline_samples
         self.actions: dict[str, tuple[str, str]] = {}  # action id -> (kind, issuer)
@@ -147,7 +149,7 @@ class FleetEvents:
             if host.policy != policy_of(issuer):
                 host.policy = policy_of(issuer)
                 self._dirty = True
-        return action_result_lines(pairs)
+        return action_result_lines(pairs, cluster=self.cluster)
 
     # -- savings ---------------------------------------------------------------------------------
     def on_aggregate(self, agg: Aggregate) -> list[str]:
@@ -175,7 +177,13 @@ class FleetEvents:
         baseline_j = energy_j * ref / (power.mean / rate.mean)
         return [
             savings_line(
-                host.policy, agg.host_id, energy_j, baseline_j, agg.window_s, agg.window_end_ns
+                host.policy,
+                agg.host_id,
+                energy_j,
+                baseline_j,
+                agg.window_s,
+                agg.window_end_ns,
+                cluster=self.cluster,
             )
         ]
 
@@ -231,7 +239,9 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
     windows it closes (streams/ingest_loop.py): the worker does not read its own aggregates
     back from Kafka."""
     w = settings.worker
-    stage = FleetEvents(min(w.windows_s), w.data_dir / w.app_id / "savings-baselines.json")
+    stage = FleetEvents(
+        min(w.windows_s), w.data_dir / w.app_id / "savings-baselines.json", cluster=w.cluster
+    )
 
     def raw_topic(name: str) -> Any:
         return app.topic(

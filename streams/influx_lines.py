@@ -3,12 +3,15 @@
 Series are ``measurement + tags``; a point is keyed by series + timestamp, so writing the same
 sample twice overwrites instead of duplicating: replays after a crash are idempotent.
 
-Measurement ``device_sample``: tags ``host``, ``device``, ``kind``; one field per reported metric
-(absent metrics are absent fields), plus ``seq`` (int); time = the sample's ``ts_ns``.
+Measurement ``device_sample``: tags ``cluster`` (the worker's ``worker.cluster``: the samples
+schema has no cluster, a worker group serves one), ``host``, ``device``, ``kind``; one field per
+reported metric (absent metrics are absent fields), plus ``seq`` (int); time = the sample's
+``ts_ns``.
 
 Speed: a host's lines differ from tick to tick only in their numbers, so the text around the
-numbers is built once per *layout* (host, devices, kinds, metric names) and cached as one
-``%s`` template. The numbers of a tick are formatted by msgspec's JSON encoder in one C call
+numbers is built once per *layout* (host, devices, kinds, metric names; the cluster is fixed per
+formatter) and cached as one ``%s`` template. The numbers of a tick are formatted by msgspec's
+JSON encoder in one C call
 (shortest round-trip text, like ``repr``, ~3x faster; exponents are written ``1e16`` rather
 than ``1e+16``, which line protocol reads the same), split at the commas and dropped into the
 template. A sample with an absent (``None``) value takes the plain per-device path.
@@ -16,6 +19,7 @@ template. A sample with an absent (``None``) value takes the plain per-device pa
 
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import chain
 
 import msgspec
@@ -33,14 +37,17 @@ def escape_tag(value: str) -> str:
     return value.translate(_TAG_ESCAPES)
 
 
-def _series(host: str, device: str, kind: str) -> str:
-    return f"{SAMPLE_MEASUREMENT},host={host},device={escape_tag(device)},kind={kind}"
+def _series(prefix: str, host: str, device: str, kind: str) -> str:
+    return f"{prefix}host={host},device={escape_tag(device)},kind={kind}"
 
 
 class SampleFormatter:
-    """:func:`sample_lines` with the per-layout templates kept between calls."""
+    """:func:`sample_lines` with the per-layout templates kept between calls; every line is
+    tagged ``cluster=<cluster>``."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        self._prefix = f"{SAMPLE_MEASUREMENT},cluster={escape_tag(cluster)},"
         self._templates: dict[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], str]
         self._templates = {}
 
@@ -55,7 +62,7 @@ class SampleFormatter:
         columns = list(metrics.values())
         for column in columns:
             if None in column:
-                return "\n".join(_plain_lines(sample))
+                return "\n".join(_plain_lines(sample, self._prefix))
         key = (sample.host_id, tuple(sample.device_ids), tuple(sample.device_kinds), tuple(metrics))
         template = self._templates.get(key)
         if template is None:
@@ -75,13 +82,13 @@ class SampleFormatter:
         host = escape_tag(sample.host_id)
         fields = "".join(f",{name}=%s" for name in sample.metrics)
         template = "\n".join(
-            _series(host, device, kind).replace("%", "%%") + f" seq=%si{fields} %s"
+            _series(self._prefix, host, device, kind).replace("%", "%%") + f" seq=%si{fields} %s"
             for device, kind in zip(sample.device_ids, sample.device_kinds, strict=True)
         )
         return template
 
 
-def _plain_lines(sample: HostSample) -> list[str]:
+def _plain_lines(sample: HostSample, prefix: str) -> list[str]:
     host = escape_tag(sample.host_id)
     ts = sample.ts_ns
     seq_field = f"seq={sample.seq}i"
@@ -94,13 +101,17 @@ def _plain_lines(sample: HostSample) -> list[str]:
             value = column[i]
             if value is not None:
                 fields.append(f"{name}={float(value)!r}")
-        lines.append(f"{_series(host, device, sample.device_kinds[i])} {','.join(fields)} {ts}")
+        series = _series(prefix, host, device, sample.device_kinds[i])
+        lines.append(f"{series} {','.join(fields)} {ts}")
     return lines
 
 
-_default = SampleFormatter()
+@lru_cache(maxsize=16)
+def _formatter(cluster: str) -> SampleFormatter:
+    return SampleFormatter(cluster)
 
 
-def sample_lines(sample: HostSample) -> list[str]:
-    """One line per device of the sample; devices with no reported metric still carry ``seq``."""
-    return _default.lines(sample)
+def sample_lines(sample: HostSample, *, cluster: str) -> list[str]:
+    """One line per device of the sample, tagged ``cluster=<cluster>``; devices with no reported
+    metric still carry ``seq``. (The worker keeps a :class:`SampleFormatter` of its own.)"""
+    return _formatter(cluster).lines(sample)

@@ -24,7 +24,7 @@ from accelpilot.config import Settings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.aggregates import Aggregate
-from accelpilot.streams.aggregate_lines import aggregate_lines
+from accelpilot.streams.aggregate_lines import AggregateFormatter
 from accelpilot.streams.aggregates import fleet_rollup
 from accelpilot.streams.batch_consumer import BatchConsumer
 from accelpilot.streams.influx_sink import InfluxSink
@@ -127,6 +127,7 @@ class RollupLoop:
         self.aggregates_topic = aggregates_topic
         self.lateness_s = w.allowed_lateness_s
         self.rollup = FleetRollup(w.allowed_lateness_s)
+        self.formatter = AggregateFormatter(w.cluster)  # fleet_agg of this worker group's cluster
         self.sink = InfluxSink(settings.influx)
         self.consumer = BatchConsumer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -189,7 +190,7 @@ class RollupLoop:
         ]
         for fut in pending:
             await fut
-        await self.sink.write(aggregate_lines(fleet.values()))
+        await self.sink.write([self.formatter.line(f) for f in fleet.values()])
         for key in fleet:
             done += self._held.pop(key, [])
         return done

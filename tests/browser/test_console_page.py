@@ -246,7 +246,7 @@ def test_the_read_only_console_over_influxdb(service_settings: Any, page: Any) -
             line
             for host in ("h1", "h2")
             for s in synthetic_samples(host, n_devices=4, n_ticks=60, start_ns=t0)
-            for line in sample_lines(s)
+            for line in sample_lines(s, cluster=service_settings.worker.cluster)
         ],
     )
     source = InfluxSource(service_settings.influx.url, service_settings.influx.database)

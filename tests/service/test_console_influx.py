@@ -72,11 +72,11 @@ def test_read_only_console_over_influxdb(service_settings: Settings) -> None:
     )
     write(
         settings,
-        [line for s in samples for line in sample_lines(s)]
-        + [aggregate_line(a) for a in aggregates]
-        + alert_lines([alert])
-        + anomaly_lines([score])
-        + action_result_lines([(result, "set_power_cap")]),
+        [line for s in samples for line in sample_lines(s, cluster=settings.worker.cluster)]
+        + [aggregate_line(a, cluster=settings.worker.cluster) for a in aggregates]
+        + alert_lines([alert], cluster=settings.worker.cluster)
+        + anomaly_lines([score], cluster=settings.worker.cluster)
+        + action_result_lines([(result, "set_power_cap")], cluster=settings.worker.cluster),
     )
     source = InfluxSource(settings.influx.url, settings.influx.database)
     c = TestClient(create_app(None, source, Auth.for_bind("127.0.0.1", "")))

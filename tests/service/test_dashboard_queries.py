@@ -428,7 +428,9 @@ def test_collector_silence_reads_zero_for_a_host_that_stopped_while_others_repor
     base = (time.time_ns() // S - 602) * S + S // 2
     busy = list(synthetic_samples("busy", n_devices=2, n_ticks=600, start_ns=base))
     quiet = list(synthetic_samples("quiet", n_devices=2, n_ticks=300, start_ns=base, seed=1))
-    asyncio.run(_write_lines(settings, [line for s in busy + quiet for line in sample_lines(s)]))
+    cluster = settings.worker.cluster
+    lines = [line for s in busy + quiet for line in sample_lines(s, cluster=cluster)]
+    asyncio.run(_write_lines(settings, lines))
     stop, end = quiet[-1].ts_ns, busy[-1].ts_ns
     assert end < time.time_ns()
 

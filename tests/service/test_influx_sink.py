@@ -49,7 +49,7 @@ def test_a_field_type_conflict_is_isolated_and_the_rest_of_the_batch_lands(
     ok = [
         line
         for s in synthetic_samples("node-a", n_devices=4, n_ticks=100, start_ns=start_ns)
-        for line in sample_lines(s)
+        for line in sample_lines(s, cluster=settings.worker.cluster)
     ]
     # Lines of node-b carry clock_sm_mhz (a float): 3 ticks x 2 devices, scattered in the batch.
     bad = [
@@ -96,7 +96,7 @@ def test_a_missing_database_is_retried_until_it_exists_not_dead_lettered(
     lines = [
         line
         for s in synthetic_samples("node-a", n_devices=2, n_ticks=10, start_ns=start_ns)
-        for line in sample_lines(s)
+        for line in sample_lines(s, cluster=settings.worker.cluster)
     ]
     rejected: list[RejectedLine] = []
 
@@ -141,7 +141,8 @@ def test_the_worker_dead_letters_refused_lines_and_keeps_going(
         with KafkaPublisher(settings.kafka.bootstrap_servers, settings.topic(SAMPLES)) as pub:
             for s in samples:
                 pub.send(s.host_id, s)
-        want_lines = {line for s in samples for line in sample_lines(s)}
+        cluster = w.cluster
+        want_lines = {line for s in samples for line in sample_lines(s, cluster=cluster)}
         raw = consume(settings, DLQ, lambda got: len(got) >= len(want_lines), 90)
         letters = [codec.decode(DeadLetter, b) for b in raw]
         assert {d.original.decode() for d in letters} == want_lines

@@ -437,16 +437,18 @@ def test_aggregate_lines_are_exact() -> None:
         "sample_count=4i,gap_count=1i{energy},power_w_min=1.0,power_w_max=3.5,power_w_mean=2.0,"
         "power_w_p95=3.25,power_w_last=2.5,power_w_count=4i"
     )
-    assert aggregate_lines([device, host, fleet]) == [
-        r"device_agg,host=rack\=1\,a,device=gpu\ 0,window=60s "
+    assert aggregate_lines([device, host, fleet], cluster="c1") == [
+        r"device_agg,cluster=c1,host=rack\=1\,a,device=gpu\ 0,window=60s "
         + fields.format(energy=",energy_j=12.5")
         + f" {T0}",
-        r"host_agg,host=rack\=1\,a,window=60s " + fields.format(energy="") + f" {T0}",
-        f"fleet_agg,window=0.5s sample_count=4i,gap_count=1i {T0}",
+        r"host_agg,cluster=c1,host=rack\=1\,a,window=60s " + fields.format(energy="") + f" {T0}",
+        f"fleet_agg,cluster=c1,window=0.5s sample_count=4i,gap_count=1i {T0}",
     ]
-    measurement, tags, values, ts = parse(aggregate_line(device))
+    measurement, tags, values, ts = parse(aggregate_line(device, cluster="c1"))
     assert (measurement, ts) == ("device_agg", T0)
-    assert tags == {"host": "rack=1,a", "device": "gpu 0", "window": "60s"}
+    assert tags == {"cluster": "c1", "host": "rack=1,a", "device": "gpu 0", "window": "60s"}
+    # Another cluster, the same layouts: its own templates.
+    assert parse(aggregate_line(device, cluster="c2"))[1]["cluster"] == "c2"
     assert values["power_w_p95"] == 3.25 and values["power_w_count"] == 4
 
 
@@ -455,8 +457,9 @@ def test_lines_of_real_aggregates_read_back_exactly() -> None:
     out = run(samples, lateness_s=2.0)
     assert {a.scope for a in out} == {"device", "host", "fleet"}
     for agg in out:
-        _, tags, fields, ts = parse(aggregate_line(agg))
+        _, tags, fields, ts = parse(aggregate_line(agg, cluster="eu-west.1"))
         assert ts == agg.window_start_ns
+        assert tags["cluster"] == "eu-west.1"
         assert tags["window"] == window_tag(agg.window_s) == "10s"
         assert fields["sample_count"] == agg.sample_count
         for name, s in agg.metrics.items():
@@ -476,7 +479,7 @@ def test_device_lines_need_a_host() -> None:
         metrics={},
     )
     with pytest.raises(ValueError, match="host_id"):
-        aggregate_line(bad)
+        aggregate_line(bad, cluster="c1")
 
 
 # -- configuration and benchmark ---------------------------------------------------------------

@@ -79,18 +79,20 @@ def test_measurement_docstring_examples_run() -> None:
 
 
 def test_results_carry_the_kind_of_their_action() -> None:
-    ev = FleetEvents(10.0)
+    ev = FleetEvents(10.0, cluster="c1")
     ev.on_action(_action("a1", "park"))
     assert ev.unknown([_result("a1", 5), _result("a2", 6)]) == ["a2"]
     lines = ev.on_results([_result("a1", 5), _result("a2", 6, "rejected")])
-    assert lines[0].startswith("action_result,host=n0,device=n0/gpu0,kind=park,outcome=applied ")
+    assert lines[0].startswith(
+        "action_result,cluster=c1,host=n0,device=n0/gpu0,kind=park,outcome=applied "
+    )
     assert lines[1].startswith(
-        "action_result,host=n0,device=n0/gpu0,kind=unknown,outcome=rejected "
+        "action_result,cluster=c1,host=n0,device=n0/gpu0,kind=unknown,outcome=rejected "
     )
 
 
 def test_savings_against_the_baseline_intensity() -> None:
-    ev = FleetEvents(10.0, min_baseline_samples=20)
+    ev = FleetEvents(10.0, min_baseline_samples=20, cluster="c1")
     # Baseline: 400 W for 100 units/s = 4 J/unit, three windows.
     for k in range(3):
         assert ev.on_aggregate(_host_window(k * W, 400.0, 100.0)) == []
@@ -100,7 +102,7 @@ def test_savings_against_the_baseline_intensity() -> None:
     assert ev.on_aggregate(_host_window(3 * W, 380.0, 100.0)) == []
     # After: 300 W for 100 units/s = 3 J/unit -> 25 % less energy per unit of work.
     (line,) = ev.on_aggregate(_host_window(4 * W, 300.0, 100.0))
-    assert line.startswith("optimizer_savings,policy=learned,host=n0 ")
+    assert line.startswith("optimizer_savings,cluster=c1,policy=learned,host=n0 ")
     f = _fields(line.rsplit(" ", 1)[0])
     assert float(f["energy_j"]) == pytest.approx(3000.0)
     assert float(f["baseline_energy_j"]) == pytest.approx(4000.0)
@@ -112,7 +114,7 @@ def test_savings_against_the_baseline_intensity() -> None:
 
 
 def test_no_savings_without_baseline_or_work_or_an_optimizer() -> None:
-    ev = FleetEvents(10.0, min_baseline_samples=20)
+    ev = FleetEvents(10.0, min_baseline_samples=20, cluster="c1")
     ev.on_aggregate(_host_window(0, 400.0, 100.0))  # 10 samples: too few
     ev.on_action(_action("a1"))
     ev.on_action(_action("m1", issuer="operator:alice"))
@@ -120,7 +122,7 @@ def test_no_savings_without_baseline_or_work_or_an_optimizer() -> None:
     assert ev.hosts["n0"].first_action_ts_ns is None
     ev.on_results([_result("a1", W + S)])
     assert ev.on_aggregate(_host_window(2 * W, 300.0, 100.0)) == []
-    ev2 = FleetEvents(10.0, min_baseline_samples=10)
+    ev2 = FleetEvents(10.0, min_baseline_samples=10, cluster="c1")
     ev2.on_aggregate(_host_window(0, 400.0, 100.0))
     ev2.on_action(_action("a1"))
     ev2.on_results([_result("a1", W)])
@@ -135,7 +137,7 @@ def _asdict(agg: Aggregate) -> dict[str, object]:
 
 
 def test_windows_seen_before_the_action_was_known_leave_the_baseline() -> None:
-    ev = FleetEvents(10.0, min_baseline_samples=10)
+    ev = FleetEvents(10.0, min_baseline_samples=10, cluster="c1")
     for k in range(4):
         ev.on_aggregate(_host_window(k * W, 400.0, 100.0))
     ev.on_action(_action("a1"))
@@ -153,7 +155,7 @@ def test_windows_seen_before_the_action_was_known_leave_the_baseline() -> None:
 def test_replayed_windows_do_not_change_the_baseline(
     windows: list[tuple[float, float, int]],
 ) -> None:
-    ev = FleetEvents(10.0)
+    ev = FleetEvents(10.0, cluster="c1")
     aggs = [_host_window(k * W, p, r, samples=n) for k, (p, r, n) in enumerate(windows)]
     for a in aggs:
         ev.on_aggregate(a)
@@ -167,19 +169,19 @@ def test_replayed_windows_do_not_change_the_baseline(
 
 def test_baselines_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state" / "savings-baselines.json"
-    ev = FleetEvents(10.0, path, min_baseline_samples=20)
+    ev = FleetEvents(10.0, path, min_baseline_samples=20, cluster="c1")
     for k in range(3):
         ev.on_aggregate(_host_window(k * W, 400.0, 100.0))
     ev.on_action(_action("a1"))
     ev.on_results([_result("a1", 3 * W)])
     ev.save_if_changed()
-    again = FleetEvents(10.0, path, min_baseline_samples=20)
+    again = FleetEvents(10.0, path, min_baseline_samples=20, cluster="c1")
     (line,) = again.on_aggregate(_host_window(4 * W, 300.0, 100.0))
     assert float(_fields(line.rsplit(" ", 1)[0])["savings_ratio"]) == pytest.approx(0.25)
     # Another window length, or a corrupt file: start without (and say so), never crash.
-    assert FleetEvents(60.0, path).hosts == {}
+    assert FleetEvents(60.0, path, cluster="c1").hosts == {}
     path.write_text("{not json")
-    assert FleetEvents(10.0, path).hosts == {}
+    assert FleetEvents(10.0, path, cluster="c1").hosts == {}
 
 
 def test_policy_names() -> None:
@@ -188,7 +190,7 @@ def test_policy_names() -> None:
 
 
 def test_results_at_the_same_instant_stay_distinct_points_and_replays_overwrite() -> None:
-    ev = FleetEvents(10.0)
+    ev = FleetEvents(10.0, cluster="c1")
     ev.on_action(_action("a1", "set_load_weights"))
     ev.on_action(_action("a2", "set_load_weights"))
     r1 = ActionResult(action_id="a1", host_id="n0", ts_ns=5 * S, outcome="applied")

@@ -1,4 +1,5 @@
-"""sample_lines: exact line protocol, tag escaping, absent fields, exact read-back."""
+"""sample_lines: exact line protocol, the cluster tag, tag escaping, absent fields, exact
+read-back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from hypothesis import strategies as st
 
 from accelpilot.schemas import HostSample
 from accelpilot.schemas.metrics import METRICS
-from accelpilot.streams.influx_lines import SAMPLE_MEASUREMENT, escape_tag, sample_lines
+from accelpilot.streams.influx_lines import (
+    SAMPLE_MEASUREMENT,
+    SampleFormatter,
+    escape_tag,
+    sample_lines,
+)
 
 TS = 1_700_000_000_123_456_789
 
@@ -51,36 +57,51 @@ def parse(line: str) -> tuple[str, dict[str, str], dict[str, float | int], int]:
 
 # -- tests --------------------------------------------------------------------------------------
 def test_exact_lines_for_a_small_sample() -> None:
-    assert sample_lines(sample()) == [
-        "device_sample,host=h1,device=gpu0,kind=gpu seq=42i,power_w=250.5,temp_c=61.0 "
+    assert sample_lines(sample(), cluster="c1") == [
+        "device_sample,cluster=c1,host=h1,device=gpu0,kind=gpu seq=42i,power_w=250.5,temp_c=61.0 "
         "1700000000123456789",
-        "device_sample,host=h1,device=gpu1,kind=cpu seq=42i,temp_c=40.25 1700000000123456789",
+        "device_sample,cluster=c1,host=h1,device=gpu1,kind=cpu seq=42i,temp_c=40.25 "
+        "1700000000123456789",
     ]
+
+
+def test_each_formatter_tags_its_own_cluster() -> None:
+    # The same layout through two clusters: the cached templates do not leak between them.
+    full = sample(metrics={"power_w": [1.0, 2.0]})  # no null: the cached-template path
+    a, b = SampleFormatter("eu-1"), SampleFormatter("us.2")
+    assert a.lines(full)[0].startswith("device_sample,cluster=eu-1,host=h1,device=gpu0,")
+    assert b.lines(full)[0].startswith("device_sample,cluster=us.2,host=h1,device=gpu0,")
+    assert a.lines(full) == sample_lines(full, cluster="eu-1")
+    assert sample_lines(full, cluster="us.2") == b.lines(full)
 
 
 def test_tag_values_escape_commas_spaces_and_equals() -> None:
     assert escape_tag("rack 1,row=2") == r"rack\ 1\,row\=2"
     (line,) = sample_lines(sample(host_id="rack 1,row=2", device_ids=["a=b c,d"],
-                                  device_kinds=["gpu"], metrics={"power_w": [1.0]}))
-    assert line == r"device_sample,host=rack\ 1\,row\=2,device=a\=b\ c\,d,kind=gpu seq=42i," \
-                   r"power_w=1.0 1700000000123456789"
-    assert parse(line)[1] == {"host": "rack 1,row=2", "device": "a=b c,d", "kind": "gpu"}
+                                  device_kinds=["gpu"], metrics={"power_w": [1.0]}), cluster="c")
+    assert line == r"device_sample,cluster=c,host=rack\ 1\,row\=2,device=a\=b\ c\,d,kind=gpu " \
+                   r"seq=42i,power_w=1.0 1700000000123456789"
+    assert parse(line)[1] == {"cluster": "c", "host": "rack 1,row=2", "device": "a=b c,d",
+                              "kind": "gpu"}
 
 
 def test_device_without_metrics_still_has_seq() -> None:
-    lines = sample_lines(sample(metrics={"power_w": [None, 3.0]}))
+    lines = sample_lines(sample(metrics={"power_w": [None, 3.0]}), cluster="c")
     assert [parse(line)[2] for line in lines] == [{"seq": 42}, {"seq": 42, "power_w": 3.0}]
 
 
 def test_integral_metric_values_are_written_as_floats() -> None:
     # An int and a float field of the same name conflict in InfluxDB; metrics are always floats.
     (line,) = sample_lines(sample(device_ids=["g"], device_kinds=["gpu"],
-                                  metrics={"mem_used_bytes": [2**36]}))  # type: ignore[list-item]
+                                  metrics={"mem_used_bytes": [2**36]}),  # type: ignore[list-item]
+                           cluster="c")
     assert " seq=42i,mem_used_bytes=68719476736.0 " in line
 
 
 ids = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"),
               min_size=1, max_size=12)
+#: What worker.cluster accepts (accelpilot/config.py).
+clusters = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 @st.composite
@@ -99,14 +120,17 @@ def samples_with_odd_ids(draw: st.DrawFn) -> HostSample:
 
 
 @settings(max_examples=150)
-@given(s=samples_with_odd_ids())
-def test_lines_read_back_exactly(s: HostSample) -> None:
-    lines = sample_lines(s)
+@given(s=samples_with_odd_ids(), cluster=clusters)
+def test_lines_read_back_exactly(s: HostSample, cluster: str) -> None:
+    lines = sample_lines(s, cluster=cluster)
     assert len(lines) == s.n_devices
     for i, line in enumerate(lines):
         measurement, tags, fields, ts = parse(line)
         assert measurement == SAMPLE_MEASUREMENT
-        assert tags == {"host": s.host_id, "device": s.device_ids[i], "kind": s.device_kinds[i]}
+        assert tags == {
+            "cluster": cluster, "host": s.host_id, "device": s.device_ids[i],
+            "kind": s.device_kinds[i],
+        }
         expected = {name: col[i] for name, col in s.metrics.items() if col[i] is not None}
         assert fields == {"seq": s.seq, **expected}  # floats compared exactly
         assert ts == s.ts_ns
