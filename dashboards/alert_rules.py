@@ -4,6 +4,13 @@
 :func:`api_rules` the same rules in the HTTP API's shape (``folderUID``, ``ruleGroup``). Each rule
 queries InfluxDB (refId ``A``, raw InfluxQL with ``$timeFilter``: alert queries cannot use
 dashboard template variables), reduces it (``B``) and compares it (``C``, the condition).
+
+Clusters: every query keeps to points that carry a cluster tag (:data:`TAGGED`) and groups by
+``cluster`` as well, so each alert instance is one cluster's and carries a ``cluster`` label
+(notification policies can route on it; the policy tree groups by it). Points written before the
+tag existed are left out: the rules look back 5-15 minutes, so they leave those ranges within 15
+minutes of the upgrade anyway, and counted they would make every host's untagged series read as
+a silent collector.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ EXPR = {"type": "__expr__", "uid": "__expr__"}
 #: How far back the collector-silence rule looks for hosts: one silent for longer than this drops
 #: out of its query, and Grafana resolves its alert (a missing series).
 SILENCE_RANGE_S = 900
+#: Only points with a cluster tag (a missing tag reads as "", which /.+/ does not match).
+TAGGED = '"cluster" =~ /.+/'
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "accelpilot-anomaly",
         "Anomalous device telemetry",
-        'SELECT max("score") FROM "anomaly" WHERE $timeFilter '
-        'GROUP BY time(1m), "host", "device", "metric"',
+        f'SELECT max("score") FROM "anomaly" WHERE $timeFilter AND {TAGGED} '
+        'GROUP BY time(1m), "cluster", "host", "device", "metric"',
         "max",
         "gt 0.6",
         "{{ $labels.device }}: detector score on {{ $labels.metric }} >= 0.6",
@@ -133,8 +142,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "accelpilot-failure-risk",
         "Device failure risk",
-        'SELECT last("firing") FROM "alert" WHERE $timeFilter AND "kind" = \'failure_risk\' '
-        'GROUP BY "host", "device"',
+        f'SELECT last("firing") FROM "alert" WHERE $timeFilter AND {TAGGED} '
+        'AND "kind" = \'failure_risk\' GROUP BY "cluster", "host", "device"',
         "last",
         "gt 0",
         "{{ $labels.device }}: failure risk alert firing",
@@ -145,8 +154,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "accelpilot-thermal",
         "Device too hot",
-        'SELECT max("temp_c") FROM "device_sample" WHERE $timeFilter '
-        'GROUP BY time(30s), "host", "device"',
+        f'SELECT max("temp_c") FROM "device_sample" WHERE $timeFilter AND {TAGGED} '
+        'GROUP BY time(30s), "cluster", "host", "device"',
         "max",
         "gt 85",
         "{{ $labels.device }} above 85 degC",
@@ -160,7 +169,7 @@ RULES: tuple[Rule, ...] = (
         "accelpilot-throttle",
         "Device throttled by hardware or thermal limits",
         'SELECT last("throttle_reasons_mask") FROM "device_sample" WHERE $timeFilter '
-        'GROUP BY "host", "device"',
+        f'AND {TAGGED} GROUP BY "cluster", "host", "device"',
         "last",
         "(floor($B / 8) % 2) + (floor($B / 32) % 4) + (floor($B / 128) % 2) > 0",
         "{{ $labels.device }}: HW slowdown, thermal or power-brake throttling",
@@ -177,7 +186,7 @@ RULES: tuple[Rule, ...] = (
         "accelpilot-collector-silence",
         "Collector silent",
         'SELECT moving_average(count("seq"), 2) * 2 FROM "device_sample" WHERE $timeFilter '
-        'GROUP BY time(1m), "host" fill(0)',
+        f'AND {TAGGED} GROUP BY time(1m), "cluster", "host" fill(0)',
         "last",
         "lt 1",
         "{{ $labels.host }} sent no samples for over a minute",
@@ -190,8 +199,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "accelpilot-device-silent",
         "Device silent while its host reports",
-        'SELECT last("firing") FROM "alert" WHERE $timeFilter AND "kind" = \'device_silent\' '
-        'GROUP BY "host", "device"',
+        f'SELECT last("firing") FROM "alert" WHERE $timeFilter AND {TAGGED} '
+        'AND "kind" = \'device_silent\' GROUP BY "cluster", "host", "device"',
         "last",
         "gt 0",
         "{{ $labels.device }} stopped reporting",
@@ -273,7 +282,7 @@ def policy_tree(email: str | None = None) -> dict[str, Any]:
         )
     return {
         "receiver": "accelpilot-alert-service",
-        "group_by": ["grafana_folder", "alertname", "host"],
+        "group_by": ["grafana_folder", "alertname", "cluster", "host"],
         "group_wait": "30s",
         "group_interval": "5m",
         "repeat_interval": "4h",

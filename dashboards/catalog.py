@@ -6,8 +6,11 @@ Six dashboards over the InfluxDB database the stream worker writes (``device_sam
 Every query is raw InfluxQL with ``$timeFilter``, ``$__interval`` and regex template variables;
 tests/service/test_dashboard_queries.py runs each one against a real InfluxDB.
 
-There is no ``cluster`` variable: samples carry no cluster tag (docs/dashboards.md), so it could
-filter nothing. Once the samples schema has one, add a query variable on it before ``host``.
+Variables ``cluster`` (the worker's ``worker.cluster`` tag on every point), then ``host`` and
+``device`` among the chosen clusters'. Every query filters by cluster and host (:data:`HOST`).
+The cluster's "All" is the regex ``.*``, which also matches points written before the cluster tag
+existed (InfluxDB reads a missing tag as ``""``); one chosen cluster excludes them
+(docs/dashboards.md).
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ UID_ENERGY = "accelpilot-energy"
 UID_ACTIONS = "accelpilot-actions"
 
 WINDOW = "10s"  # the aggregate window the panels read
-HOST = '"host" =~ /^$host$/'
+CLUSTER = '"cluster" =~ /^$cluster$/'
+#: The chosen clusters' chosen hosts: every panel query filters by it.
+HOST = CLUSTER + ' AND "host" =~ /^$host$/'
 DEVICE = '"device" =~ /^$device$/'
 SEL = f"{HOST} AND {DEVICE}"
 
@@ -63,7 +68,20 @@ FIRING_MAP = (ValueMapping("0", "ok", "green"), ValueMapping("1", "FIRING", "red
 
 
 def _vars(with_device: bool = True) -> tuple[QueryVariable, ...]:
-    out = [QueryVariable("host", "Host", 'SHOW TAG VALUES FROM "device_sample" WITH KEY = "host"')]
+    out = [
+        # All = ".*", not the listed values: it keeps the points that have no cluster tag.
+        QueryVariable(
+            "cluster",
+            "Cluster",
+            'SHOW TAG VALUES FROM "device_sample" WITH KEY = "cluster"',
+            all_value=".*",
+        ),
+        QueryVariable(
+            "host",
+            "Host",
+            f'SHOW TAG VALUES FROM "device_sample" WITH KEY = "host" WHERE {CLUSTER}',
+        ),
+    ]
     if with_device:
         out.append(
             QueryVariable(
@@ -629,7 +647,9 @@ def energy(ds: DatasourceRef | None = None) -> Dashboard:
     variables = (
         *_vars(with_device=False),
         QueryVariable(
-            "policy", "Policy", 'SHOW TAG VALUES FROM "optimizer_savings" WITH KEY = "policy"'
+            "policy",
+            "Policy",
+            f'SHOW TAG VALUES FROM "optimizer_savings" WITH KEY = "policy" WHERE {CLUSTER}',
         ),
     )
     now = Row(

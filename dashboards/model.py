@@ -241,6 +241,8 @@ class QueryVariable:
     multi: bool = True
     include_all: bool = True
     regex: str = ""
+    # What "All" stands for in a query (Grafana's custom all value); None: every listed value.
+    all_value: str | None = None
 
     def to_json(self, datasource: DatasourceRef) -> dict[str, Any]:
         return {
@@ -254,6 +256,7 @@ class QueryVariable:
             "sort": 1,
             "multi": self.multi,
             "includeAll": self.include_all,
+            "allValue": self.all_value,
             "regex": self.regex,
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
             "options": [],

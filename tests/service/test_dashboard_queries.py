@@ -9,7 +9,9 @@ decisions are signed (``ActionSigner``) and verified, applied and audited by eac
 action results are published to the test's own Kafka topics; the real ``accelpilot worker``
 (its own process) validates, aggregates, detects, alerts and writes everything to a test-unique
 InfluxDB database, including ``action_result`` and ``optimizer_savings`` (its fleet-events
-stage). Then every query is run against that database and must return rows.
+stage). Then every query is run against that database and must return rows. The worker serves
+cluster ``eu-1.gpu`` (``worker.cluster``), which the ``cluster`` variable must list alone: a
+query on a measurement whose points lack the tag would return nothing.
 
 The fleet runs on a simulated clock starting ``TICKS`` seconds ago (1 s per tick), injected into
 the simulator, samplers, signer and verifiers, so timestamps are consistent and in the past. The
@@ -30,6 +32,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,8 +65,15 @@ from tests.service.test_first_slice import _start_worker
 pytestmark = [pytest.mark.service]
 
 TICKS = 130
+CLUSTER = "eu-1.gpu"
 BASELINE_TICKS = 40
 S = 10**9
+
+
+def _in_cluster(settings: Settings, cluster: str) -> Settings:
+    return settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"cluster": cluster})}
+    )
 
 
 class SimulatedFleet:
@@ -291,7 +301,7 @@ def _wait_for_pipeline(
 def test_every_panel_and_alert_query_returns_rows(
     service_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = service_settings
+    settings = _in_cluster(service_settings, CLUSTER)
     worker = _start_worker(settings, tmp_path)
     try:
         start, end, sent = _publish(settings, tmp_path)
@@ -345,6 +355,8 @@ def test_every_panel_and_alert_query_returns_rows(
                 row[1] for r in body["results"] for s in r.get("series", []) for row in s["values"]
             ]
             assert got, f"{dash['uid']}: variable {var['name']} has no values ({q})"
+            if var["name"] == "cluster":
+                assert got == [CLUSTER], got  # every point the worker wrote carries its cluster
             checked += 1
             values[var["name"]] = _regex(got)
         panels = [p for p in dash["panels"] if p["type"] != "row"]
@@ -463,3 +475,54 @@ def test_collector_silence_reads_zero_for_a_host_that_stopped_while_others_repor
     # Silent for longer than the range, the whole fleet: no series at all -> NoData -> Alerting.
     assert _grafana_eval(settings, rule, end + (rule.window_s + 180) * S) == {}
     assert rule.no_data == "Alerting"
+
+
+# -- points written before the cluster tag --------------------------------------------------------
+def _variable(dash: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in dash["templating"]["list"] if v["name"] == name)
+
+
+def _tag_values(settings: Settings, query: str) -> list[str]:
+    body = influxql(settings.influx.url, query, settings.influx.database)
+    return [row[1] for r in body["results"] for s in r.get("series", []) for row in s["values"]]
+
+
+def test_points_without_a_cluster_tag_show_under_all_only(service_settings: Settings) -> None:
+    """A database that holds points from before the cluster tag (host ``old``, lines exactly as the
+    worker wrote them then) and from two clusters. On the real InfluxDB: the ``cluster`` variable
+    lists the two clusters only; its All (``.*``) matches the untagged points too (InfluxQL reads a
+    missing tag as ``""``), while choosing clusters, even all of them one by one, leaves them out;
+    the alert rules count tagged points only (``old`` is no silent collector)."""
+    settings = service_settings
+    base = (time.time_ns() // S - 300) * S
+    lines = []
+    for host, cluster in (("old", "x"), ("new", "c1"), ("other", "c2")):
+        for s in synthetic_samples(host, n_devices=2, n_ticks=120, start_ns=base):
+            for line in sample_lines(s, cluster=cluster):
+                lines.append(line.replace(",cluster=x,", ",") if host == "old" else line)
+    assert lines[0].startswith("device_sample,host=old,device=")  # the format before the tag
+    asyncio.run(_write_lines(settings, lines))
+
+    fleet = next(d.to_json() for d in all_dashboards() if d.uid == "accelpilot-fleet")
+    cluster_var, host_var = _variable(fleet, "cluster"), _variable(fleet, "host")
+    assert _tag_values(settings, cluster_var["query"]) == ["c1", "c2"]
+    hottest = next(p for p in fleet["panels"] if p.get("title") == "Hottest device by host")
+    time_filter = f"time >= {base} AND time <= {base + 200 * S}"
+
+    def hosts(cluster: str) -> set[str]:
+        """The host variable's values, and the hosts of the panel with every one of them."""
+        listed = _tag_values(settings, host_var["query"].replace("$cluster", cluster))
+        q = hottest["targets"][0]["query"].replace("$timeFilter", time_filter)
+        q = q.replace("$cluster", cluster).replace("$host", _regex(listed))
+        body = influxql(settings.influx.url, q, settings.influx.database)
+        shown = {s["tags"]["host"] for r in body["results"] for s in r.get("series", [])}
+        assert shown == set(listed), (cluster, listed, shown)
+        return shown
+
+    assert hosts(cluster_var["allValue"]) == {"old", "new", "other"}  # All
+    assert hosts(_regex(["c1", "c2"])) == {"new", "other"}  # every cluster, chosen
+    assert hosts(_regex(["c1"])) == {"new"}
+
+    rule = next(r for r in alert_rules.RULES if r.uid == "accelpilot-collector-silence")
+    got = _grafana_eval(settings, rule, base + 150 * S)
+    assert set(got) == {"new", "other"}, got

@@ -131,12 +131,38 @@ def test_alert_rules_structure() -> None:
     assert len(uids) == len(alert_rules.RULES) >= 5
 
 
+@pytest.mark.parametrize("dash", DASHBOARDS, ids=lambda d: d["uid"])
+def test_every_query_filters_by_the_chosen_clusters(dash: dict[str, Any]) -> None:
+    """``cluster`` comes first, ``host``/``device`` (and ``policy``) list the chosen clusters'
+    values, and every panel query keeps to the chosen clusters. The cluster's All is ``.*`` (it
+    matches points that have no cluster tag too: tests/service/test_dashboard_queries.py)."""
+    cluster = '"cluster" =~ /^$cluster$/'
+    first, *others = dash["templating"]["list"]
+    assert (first["name"], first["allValue"], first["includeAll"]) == ("cluster", ".*", True)
+    assert first["query"] == 'SHOW TAG VALUES FROM "device_sample" WITH KEY = "cluster"'
+    for v in others:
+        assert cluster in v["query"], v["name"]
+        assert v["allValue"] is None  # All = every listed value of the chosen clusters
+    for p in _panels(dash):
+        for t in p.get("targets", []):
+            assert cluster in t["query"], (p["title"], t["query"])
+
+
+def test_alert_rules_are_per_cluster() -> None:
+    """Alert queries cannot use the dashboards' variables: each one keeps to points that carry
+    a cluster tag and groups by it, so every alert instance has a ``cluster`` label."""
+    for rule in alert_rules.RULES:
+        assert f"$timeFilter AND {alert_rules.TAGGED} " in rule.query, rule.uid
+        assert re.search(r'GROUP BY (time\(\w+\), )?"cluster", "host"', rule.query), rule.uid
+    assert "cluster" in alert_rules.policy_tree()["group_by"]
+
+
 def test_collector_silence_keeps_a_silent_hosts_series() -> None:
     """Per host, a silent collector must read as 0 rather than as a missing series (which Grafana
     resolves): zero-filled per-minute buckets over a range longer than the silence to detect.
     What the query returns on real data: tests/service/test_dashboard_queries.py."""
     rule = next(r for r in alert_rules.RULES if r.uid == "accelpilot-collector-silence")
-    assert re.search(r'GROUP BY time\(1m\), "host" fill\(0\)$', rule.query)
+    assert re.search(r'GROUP BY time\(1m\), "cluster", "host" fill\(0\)$', rule.query)
     assert rule.window_s == alert_rules.SILENCE_RANGE_S >= 10 * 60
     assert (rule.reducer, rule.condition, rule.no_data) == ("last", "lt 1", "Alerting")
 
