@@ -11,10 +11,12 @@ import msgspec.inspect as mi
 import pytest
 
 import accelpilot.streams.ingest
+from accelpilot.config import WorkerSettings
 from accelpilot.schemas import SUPPORTED_VERSION, codec
 from accelpilot.schemas.metrics import METRICS
+from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import PAYLOAD_TYPES
-from accelpilot.streams.influx_lines import SAMPLE_MEASUREMENT
+from accelpilot.streams.influx_lines import SAMPLE_MEASUREMENT, sample_lines
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "schemas.md"
 CODE_NAME = re.compile(r"`([^`]+)`")
@@ -142,4 +144,12 @@ def test_line_protocol_mapping() -> None:
     (table,) = tables_with("Line protocol")
     mapping = dict(zip(table.column(0), table.column(1), strict=True))
     assert mapping["measurement"] == SAMPLE_MEASUREMENT
-    assert {"tag `host`", "tag `device`", "tag `kind`", "field `seq`", "timestamp"} <= set(mapping)
+    tags = {"tag `cluster`", "tag `host`", "tag `device`", "tag `kind`"}
+    assert tags | {"field `seq`", "timestamp"} <= set(mapping)
+    # The example is what the worker writes for it (with the default worker.cluster).
+    (example,) = re.findall(r"^Example: `(device_sample,[^`]+)`$", DOC.read_text(), re.M)
+    sample = HostSample(
+        host_id="h1", ts_ns=1700000000123456789, seq=42, interval_s=1.0, device_ids=["gpu0"],
+        device_kinds=["gpu"], metrics={"power_w": [250.5], "temp_c": [61.0]},
+    )  # fmt: skip
+    assert sample_lines(sample, cluster=WorkerSettings().cluster) == [example]
