@@ -40,7 +40,13 @@ from accelpilot.collectors.backends.sim import SimBackend, SimFleet
 from accelpilot.collectors.device import DeviceInfo
 from accelpilot.collectors.sampler import Sampler
 from accelpilot.console.advisor import Advisor, Recommendation, Savings
-from accelpilot.console.errors import ConflictError, InvalidRequestError, NotFoundError
+from accelpilot.console.controls import (
+    requested_caps,
+    requested_weights,
+    resolve_devices,
+    stream_index,
+)
+from accelpilot.console.errors import ConflictError, InvalidRequestError
 from accelpilot.console.score import EfficiencyScore, ShadowBaseline, slo_ok
 from accelpilot.optimizer.actions import ActionSigner, Intent, controls_to_intents
 from accelpilot.optimizer.evaluate import make_policy
@@ -305,31 +311,11 @@ class Demo:
         stream_id: str | None = None,
     ) -> list[int]:
         """Device indices of exactly one target: a list of devices, a host or a stream."""
-        given = [x is not None for x in (device_ids, host_id, stream_id)]
-        if sum(given) != 1:
-            raise InvalidRequestError("name exactly one target: device_ids, host_id or stream_id")
-        ids = self.facts.device_ids
-        if device_ids is not None:
-            if not device_ids:
-                raise InvalidRequestError("device_ids is empty")
-            unknown = [d for d in device_ids if d not in ids]
-            if unknown:
-                raise NotFoundError(f"unknown device(s) {unknown}; see /api/inventory")
-            return sorted({ids.index(d) for d in device_ids})
-        if host_id is not None:
-            host = self._hosts_by_id.get(host_id)
-            if host is None:
-                raise NotFoundError(f"unknown host {host_id!r}; hosts: {sorted(self._hosts_by_id)}")
-            return list(host.backend._idx)
-        s = self._stream_index(stream_id)
-        return [int(i) for i in np.flatnonzero(self.facts.membership[s])]
+        hosts = {h: list(host.backend._idx) for h, host in self._hosts_by_id.items()}
+        return resolve_devices(self.facts, hosts, device_ids, host_id, stream_id)
 
     def _stream_index(self, stream_id: str | None) -> int:
-        if stream_id not in self.facts.stream_ids:
-            raise NotFoundError(
-                f"unknown stream {stream_id!r}; streams: {list(self.facts.stream_ids)}"
-            )
-        return int(self.facts.stream_ids.index(stream_id))
+        return stream_index(self.facts, stream_id)
 
     def _event(self, who: str, what: str, detail: str, **extra: Any) -> None:
         self.events.append(
@@ -354,26 +340,14 @@ class Demo:
         ``tdp_w``); they stay pinned until released."""
         f = self.facts
         with self.lock:
-            if (cap_w is None) == (fraction_of_tdp is None):
-                raise InvalidRequestError("give exactly one of cap_w and fraction_of_tdp")
-            caps = self.fleet.caps_w.copy()
-            bad = []
-            for i in idx:
-                want = cap_w if cap_w is not None else float(f.tdp_w[i]) * (fraction_of_tdp or 0.0)
-                lo, hi = float(f.min_cap_w[i]), float(f.tdp_w[i])
-                if fraction_of_tdp is not None:
-                    want = min(max(want, lo), hi)  # a group slider clamps into each device
-                if not lo <= want <= hi:
-                    bad.append(f"{f.device_ids[i]}: {want:g} W not in [{lo:g}, {hi:g}] W")
-                caps[i] = want
-            if bad:
-                raise InvalidRequestError("cap out of the device's limits: " + "; ".join(bad))
+            caps, what = requested_caps(
+                f, self.fleet.caps_w, idx, cap_w=cap_w, fraction_of_tdp=fraction_of_tdp
+            )
             if self.budget_w is not None and caps.sum() > self.budget_w + 1e-6:
                 raise ConflictError(
                     f"the caps would sum to {caps.sum():.0f} W, above the fleet power budget "
                     f"{self.budget_w:.0f} W; lower them or raise the budget first"
                 )
-            what = f"{cap_w:g} W" if cap_w is not None else f"{fraction_of_tdp:.0%} of TDP"
             results = self.apply(
                 Controls(caps_w=caps),
                 f"operator:{who}",
@@ -427,22 +401,7 @@ class Demo:
         get 0); the stream stays pinned until released."""
         f = self.facts
         with self.lock:
-            s = self._stream_index(stream_id)
-            members = {f.device_ids[int(i)]: int(i) for i in np.flatnonzero(f.membership[s])}
-            strangers = sorted(set(weights) - set(members))
-            if strangers:
-                raise InvalidRequestError(
-                    f"device(s) {strangers} do not serve stream {stream_id!r}; "
-                    f"its devices: {sorted(members)}"
-                )
-            if not any(w > 0 for w in weights.values()):
-                raise InvalidRequestError(
-                    f"every weight is 0: stream {stream_id!r} would be left unserved"
-                )
-            w = self.fleet.weights.copy()
-            w[s] = 0.0
-            for d, x in weights.items():
-                w[s, members[d]] = x
+            w, s = requested_weights(f, self.fleet.weights, stream_id, weights)
             results = self.apply(
                 Controls(weights=w),
                 f"operator:{who}",
