@@ -26,6 +26,7 @@ dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards and 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print JSON figures.")
 detect_app = typer.Typer(no_args_is_help=True, help="Run the detectors over files.")
 alerts_app = typer.Typer(no_args_is_help=True, help="Alert subscriptions.")
+keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 keys that sign actions.")
 for sub, name in (
     (stack_app, "stack"),
     (config_app, "config"),
@@ -34,6 +35,7 @@ for sub, name in (
     (bench_app, "bench"),
     (detect_app, "detect"),
     (alerts_app, "alerts"),
+    (keys_app, "keys"),
 ):
     app.add_typer(sub, name=name)
 
@@ -183,19 +185,39 @@ def console(
         str | None,
         typer.Option(help="Console address (default: console.host, 127.0.0.1; else tokens)."),
     ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ed25519 private key (PEM): steer, publishing signed operator actions to "
+            "fleet.actions (the agents must trust its .pub). Without it: read-only."
+        ),
+    ] = None,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --key: the fleet description (device limits, streams), a scenario "
+            ".json or a bundled name, as for `optimizer run`."
+        ),
+    ] = None,
+    hosts: Annotated[
+        str | None, typer.Option(help="With --key: comma-separated hosts to steer.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """The console over the real pipeline's InfluxDB, read-only (steering: accelpilot demo)."""
-    from accelpilot.console.server import run_readonly_console
+    """The console over the real pipeline's InfluxDB: read-only, or with --key the power-cap
+    and load sliders publish signed actions to Kafka's fleet.actions."""
+    from accelpilot.console.server import run_pipeline_console
+    from accelpilot.demo import load_demo_scenario
 
     s = _settings(config)
     c = s.console
-    run_readonly_console(
-        s.influx.url,
-        s.influx.database,
+    run_pipeline_console(
+        s,
         host or c.host,
         port if port is not None else c.port,
-        c.tokens.get_secret_value(),
+        key_path=key.expanduser() if key is not None else None,
+        scenario=load_demo_scenario(scenario) if scenario is not None else None,
+        hosts=hosts.split(",") if hosts else None,
     )
 
 
@@ -432,6 +454,21 @@ def _alerts_store(config: Path | None) -> Path:
     path = _settings(config).alerts.store_path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="Directory for <name>.key (0600) and <name>.pub.")],
+    name: Annotated[str, typer.Option(help="File name stem.")] = "accelpilot",
+) -> None:
+    """A new signing key pair: give the .key to `optimizer run --key` / `console --key`, and
+    the .pub to each agent's agent.public_keys directory. Never overwrites a key."""
+    from accelpilot.signing import generate_keypair, key_id_of, load_private_key
+
+    private, public = generate_keypair(out.expanduser(), name)
+    key_id = key_id_of(load_private_key(private).public_key())
+    print(f"private key {private} (keep it on the optimizer/console host only)")
+    print(f"public key  {public} (copy it to every agent's agent.public_keys); key id {key_id}")
 
 
 @alerts_app.command("subscribe")

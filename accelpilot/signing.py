@@ -101,7 +101,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise KeyFileError(
             f"{path} is not an unencrypted PEM private key ({e}); "
-            "create one with accelpilot.signing.generate_keypair"
+            "create one with `accelpilot keys generate --out DIR`"
         ) from e
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")

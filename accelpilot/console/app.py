@@ -3,9 +3,11 @@
 Reads go to a :class:`~accelpilot.console.source.ConsoleSource` (history, events, audit) and to
 the running :class:`~accelpilot.demo.Demo` (inventory, live state, recommendations, score);
 actions go to the demo's operator methods, which sign them and hand them to each host's
-actuator exactly as the optimizer's are. Every request body is a pydantic model that forbids
-unknown fields; a refused request gets a 4xx ``{"detail": reason}`` and changes nothing.
-OpenAPI: ``/docs`` and ``/openapi.json``. Auth: :mod:`accelpilot.console.auth`.
+actuator exactly as the optimizer's are. Over the real pipeline (no demo) the console is
+read-only, or, given a :class:`~accelpilot.console.steering.PipelineSteering`, its power-cap and
+load sliders publish signed actions to ``fleet.actions``. Every request body is a pydantic
+model that forbids unknown fields; a refused request gets a 4xx ``{"detail": reason}`` and
+changes nothing. OpenAPI: ``/docs`` and ``/openapi.json``. Auth: :mod:`accelpilot.console.auth`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from accelpilot.collectors.device import host_of
 from accelpilot.console.auth import Auth, Principal
 from accelpilot.console.errors import ConflictError, ConsoleRequestError, NotFoundError
 from accelpilot.console.source import ConsoleSource
+from accelpilot.console.steering import PipelineSteering, action_dict
 from accelpilot.demo import Demo
 from accelpilot.schemas.action_results import ActionResult
 
@@ -117,9 +120,29 @@ Viewer = Annotated[Principal, Depends(_viewer)]
 Operator = Annotated[Principal, Depends(_operator)]
 
 
-def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
-    """The console over ``source``; with a ``demo`` it also steers it, without one (the
-    real-pipeline mode) it is read-only: control endpoints answer 409."""
+def _published(actions: list[Any], topic: str) -> dict[str, Any]:
+    """A steering answer over the real pipeline: the actions are on the topic; their outcomes
+    arrive later (fleet.action-results -> InfluxDB -> /api/audit)."""
+    return {
+        "published": [action_dict(a) for a in actions],
+        "topic": topic,
+        "results": [],
+        "outcomes": {"published": len(actions)},
+    }
+
+
+def create_app(
+    demo: Demo | None,
+    source: ConsoleSource,
+    auth: Auth,
+    steering: PipelineSteering | None = None,
+) -> FastAPI:
+    """The console over ``source``; with a ``demo`` it also steers it. Without one (the
+    real-pipeline mode) it is read-only (control endpoints answer 409), unless ``steering`` is
+    given: then the power-cap and load-weight sliders publish signed actions to
+    ``fleet.actions``; the demo-only views and controls still answer 409."""
+    if demo is not None and steering is not None:
+        raise ValueError("steering is for the real-pipeline mode (no demo)")
     app = FastAPI(
         title="accelpilot console",
         version="1",
@@ -152,27 +175,51 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
 
     def need() -> Demo:
         if demo is None:
+            if steering is not None:
+                raise ConflictError(
+                    "real-pipeline console: recommendations, the score, the failure-risk "
+                    "ranking, the fleet budget, pins and the optimizer's mode live in "
+                    "`accelpilot demo` only (see docs/console.md)"
+                )
             raise ConflictError(
                 "read-only console (real-pipeline mode): steering, recommendations, the score "
                 "and the failure-risk ranking live in `accelpilot demo` only"
             )
         return demo
 
+    def steer() -> PipelineSteering:
+        if steering is None:
+            need()  # the demo answers below; without one this refuses (read-only)
+            raise AssertionError("unreachable")
+        return steering
+
+    def known(device_id: str) -> dict[str, Any] | None:
+        """The fleet description's limits and streams of a device (steering only)."""
+        return steering.device(device_id) if steering is not None else None
+
     def read_only_inventory(latest: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        return [
-            {
-                "device_id": d,
-                "host_id": row.get("host_id") or host_of(d),
-                "kind": row.get("kind"),
-                "vendor": None,
-                "model": None,
-                "backend": None,
-                "memory_total_bytes": None,
-                "capabilities": {"power_limits": None},
-                "streams": [],
-            }
-            for d, row in sorted(latest.items())
-        ]
+        out = []
+        for d, row in sorted(latest.items()):
+            k = known(d)
+            limits = (
+                {"min_w": k["min_cap_w"], "max_w": k["tdp_w"], "default_w": k["tdp_w"]}
+                if k is not None
+                else None
+            )
+            out.append(
+                {
+                    "device_id": d,
+                    "host_id": row.get("host_id") or host_of(d),
+                    "kind": row.get("kind"),
+                    "vendor": None,
+                    "model": None,
+                    "backend": None,
+                    "memory_total_bytes": None,
+                    "capabilities": {"power_limits": limits},
+                    "streams": k["streams"] if k is not None else [],
+                }
+            )
+        return out
 
     # -- reads -------------------------------------------------------------------------------
     @app.get("/api/status", tags=["fleet"])
@@ -182,10 +229,11 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
         if demo is None:
             latest = source.latest()
             alerts = source.alerts(200)
-            return {
-                "read_only": True,
+            out = {
+                "read_only": steering is None,
+                "pipeline": True,
                 "scenario": None,
-                "mode": "read-only",
+                "mode": "read-only" if steering is None else "manual",
                 "data_ts_ns": source.newest_ts_ns(),
                 "fleet_power_w": sum(r["power_w"] or 0.0 for r in latest.values()),
                 "fleet_caps_w": sum(r["cap_w"] or 0.0 for r in latest.values()),
@@ -195,6 +243,11 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
                 "you": you,
                 "auth_required": auth.required,
             }
+            if steering is not None:
+                out["steering"] = steering.describe()
+                out["fleet_tdp_w"] = float(steering.facts.tdp_w.sum())
+                out["fleet_min_cap_w"] = float(steering.facts.min_cap_w.sum())
+            return out
         f = demo.facts
         with demo.lock:
             last = demo.fleet.last
@@ -258,8 +311,8 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
                     d: {
                         **{k: _num(v) for k, v in row.items()},
                         "commanded_cap_w": row.get("cap_w"),
-                        "min_cap_w": None,
-                        "tdp_w": None,
+                        "min_cap_w": (known(d) or {}).get("min_cap_w"),
+                        "tdp_w": (known(d) or {}).get("tdp_w"),
                         "pinned": False,
                         "parked": False,
                         "reporting": row.get("power_w") is not None,
@@ -357,7 +410,10 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
 
     @app.get("/api/streams", tags=["fleet"])
     def streams(who: Viewer) -> dict[str, Any]:
-        """Each stream's devices and their current load weights (normalized shares)."""
+        """Each stream's devices and their current load weights (normalized shares; over the
+        real pipeline even shares, ``weights_known`` false: InfluxDB does not hold them)."""
+        if demo is None and steering is not None:
+            return {"streams": steering.streams()}
         dm = need()
         with dm.lock:
             out = []
@@ -418,7 +474,10 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
         if demo is not None:
             with demo.lock:
                 events = list(reversed(demo.events[-limit:]))
-        return {"actions": source.actions(limit), "events": events}
+        actions = source.actions(limit)
+        if steering is not None:
+            actions = steering.annotate(actions, limit)
+        return {"actions": actions, "events": events}
 
     @app.get("/api/audit/verify", tags=["audit"])
     def audit_verify(who: Viewer) -> dict[str, Any]:
@@ -436,7 +495,15 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
     # -- actions -----------------------------------------------------------------------------
     @app.post("/api/actions/power-cap", tags=["actions"])
     def power_cap(body: PowerCapRequest, who: Operator) -> dict[str, Any]:
-        """Set the power cap of a device or a group (signed actions; the devices are pinned)."""
+        """Set the power cap of a device or a group (signed actions; the devices are pinned in
+        the demo; over the real pipeline published to fleet.actions, no pin)."""
+        if demo is None:
+            st = steer()
+            idx = st.resolve_devices(body.device_ids, body.host_id, body.stream_id)
+            actions = st.set_caps(
+                who.name, idx, cap_w=body.cap_w, fraction_of_tdp=body.fraction_of_tdp
+            )
+            return _published(actions, st.topic)
         dm = need()
         idx = dm.resolve_devices(body.device_ids, body.host_id, body.stream_id)
         results = dm.operator_set_caps(
@@ -446,19 +513,36 @@ def create_app(demo: Demo | None, source: ConsoleSource, auth: Auth) -> FastAPI:
 
     @app.post("/api/actions/fleet-budget", tags=["actions"])
     def fleet_budget(body: FleetBudgetRequest, who: Operator) -> dict[str, Any]:
-        """Bound the sum of all caps; caps above it are lowered now (signed actions)."""
+        """Bound the sum of all caps; caps above it are lowered now (signed actions). Demo only:
+        over the real pipeline the optimizer's budget is its fleet description's."""
+        if demo is None and steering is not None:
+            raise ConflictError(
+                "no fleet budget over the real pipeline: a budget bounds the optimizer's caps "
+                "from then on, and `accelpilot optimizer run` is another process; give it the "
+                "budget in its fleet description (objective.fleet_power_budget_w), or cap "
+                "hosts and groups here"
+            )
         dm = need()
         return _results(dm.operator_set_budget(who.name, body.budget_w))
 
     @app.post("/api/actions/load-weights", tags=["actions"])
     def load_weights(body: LoadWeightsRequest, who: Operator) -> dict[str, Any]:
-        """Distribute a stream's load over its devices (signed actions; the stream is pinned)."""
+        """Distribute a stream's load over its devices (signed actions; the stream is pinned in
+        the demo; over the real pipeline published to fleet.actions, no pin)."""
+        if demo is None:
+            st = steer()
+            return _published(st.set_weights(who.name, body.stream_id, body.weights), st.topic)
         dm = need()
         return _results(dm.operator_set_weights(who.name, body.stream_id, body.weights))
 
     @app.post("/api/actions/release", tags=["actions"])
     def release(body: ReleaseRequest, who: Operator) -> dict[str, Any]:
         """Hand pinned devices or a stream back to the optimizer (no action is signed)."""
+        if demo is None and steering is not None:
+            raise ConflictError(
+                "nothing is pinned over the real pipeline: `accelpilot optimizer run` (auto "
+                "mode) may change an operator's cap or weights at its next decision window"
+            )
         dm = need()
         if body.all:
             if body.device_ids or body.host_id or body.stream_id:

@@ -270,3 +270,59 @@ def test_the_read_only_console_over_influxdb(service_settings: Any, page: Any) -
             )
     finally:
         server.stop()
+
+
+@pytest.mark.service
+def test_the_steering_console_over_influxdb_and_kafka(
+    service_settings: Any, page: Any, tmp_path: Any
+) -> None:
+    import time as _time
+
+    from accelpilot.collectors.synthetic import synthetic_samples
+    from accelpilot.console.app import create_app
+    from accelpilot.console.auth import Auth
+    from accelpilot.console.influx_source import InfluxSource
+    from accelpilot.console.server import ConsoleServer, pipeline_steering
+    from accelpilot.demo import load_demo_scenario
+    from accelpilot.signing import generate_keypair
+    from accelpilot.streams.influx_lines import sample_lines
+    from tests.browser.conftest import free_port
+    from tests.service.test_console_influx import write
+
+    t0 = (_time.time_ns() - 120 * 10**9) // 10**9 * 10**9
+    write(
+        service_settings,
+        [
+            line
+            for s in synthetic_samples("node1", n_devices=8, n_ticks=60, start_ns=t0)
+            for line in sample_lines(s, cluster=service_settings.worker.cluster)
+        ],
+    )
+    priv, _ = generate_keypair(tmp_path / "keys", "console")
+    steering, publisher = pipeline_steering(service_settings, priv, load_demo_scenario(None))
+    source = InfluxSource(service_settings.influx.url, service_settings.influx.database)
+    server = ConsoleServer(
+        create_app(None, source, Auth.for_bind("127.0.0.1", ""), steering),
+        "127.0.0.1",
+        free_port(),
+    )
+    server.start()
+    try:
+        page.goto(server.url)
+        wait_for(lambda: page.locator("#inventory tbody tr").count() == 8, what="node1's devices")
+        page.locator('#inventory tr[data-device="node1/gpu3"]').click()
+        wait_for(lambda: state(page, "S.selected") == "node1/gpu3", what="select")
+        assert page.locator("#h-tick").inner_text() == "steering"
+        assert page.locator(".steer").is_visible() and page.locator("#cap-slider").is_visible()
+        assert not page.locator(".steer .budget").is_visible()  # the budget is the optimizer's
+        assert not page.locator(".score").is_visible() and not page.locator(".recs").is_visible()
+        wait_for(lambda: page.locator("#cap-slider").get_attribute("max") == "700", what="limits")
+        page.locator("#cap-slider").fill("300")
+        wait_for(lambda: "1 published" in page.locator("#toast").inner_text(), what="toast")
+        wait_for(lambda: "operator:local" in page.locator("#audit").inner_text(), what="audit")
+        assert "pending" in page.locator("#audit").inner_text()  # no agent here to apply it
+        [a] = list(steering.published)
+        assert (a.device_id, a.cap_w, a.issuer) == ("node1/gpu3", 300.0, "operator:local")
+    finally:
+        server.stop()
+        publisher.close()

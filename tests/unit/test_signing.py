@@ -166,3 +166,24 @@ def test_signature_survives_the_wire() -> None:
 
 def test_module_doctests_run() -> None:
     assert doctest.testmod(signing).failed == 0
+
+
+def test_keys_generate_command_writes_a_pair_the_verifier_trusts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "accelpilot.cli", "keys", "generate", "--out", str(tmp_path),
+             "--name", "ops"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    signer = Signer.from_file(tmp_path / "ops.key")
+    assert signer.key_id in first.stdout
+    assert signer.key_id in load_public_keys(tmp_path)
+    again = run()  # never overwrites: the old key stays trusted
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
+    assert Signer.from_file(tmp_path / "ops.key").key_id == signer.key_id

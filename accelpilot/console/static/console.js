@@ -91,7 +91,9 @@ function capabilitiesHtml(d) {
     ...CAPABILITIES.map(([k, get]) => [k, get(c)]),
     ...Object.entries(c.extra || {}).map(([k, v]) => [`${k} (backend extra)`, v])];
   const note = S.status && S.status.read_only
-    ? '<p class="muted">read-only mode: discovery data (vendor, model, capabilities) is not in InfluxDB</p>' : "";
+    ? '<p class="muted">read-only mode: discovery data (vendor, model, capabilities) is not in InfluxDB</p>'
+    : S.status && S.status.pipeline
+    ? '<p class="muted">real pipeline: discovery data is not in InfluxDB; power limits and streams come from the fleet description</p>' : "";
   return note + '<dl class="caps">' + rows.map(([k, v]) =>
     `<dt>${esc(k)}</dt><dd${v === null || v === undefined ? ' class="muted">not reported' : `>${esc(v)}`}</dd>`).join("") + "</dl>";
 }
@@ -152,7 +154,7 @@ function renderLive() {
     tr.classList.toggle("selected", tr.dataset.device === S.selected);
   }
   const sel = S.live.devices[S.selected];
-  if (sel && !S.status.read_only) {
+  if (sel && !S.status.read_only && sel.min_cap_w !== null && sel.min_cap_w !== undefined) {
     const slider = $("cap-slider");
     slider.min = sel.min_cap_w;
     slider.max = sel.tdp_w;
@@ -161,7 +163,7 @@ function renderLive() {
       $("cap-value").textContent = `${fmt(sel.commanded_cap_w)} W`;
     }
     $("sel-caps").textContent = `cap ${fmt(sel.commanded_cap_w)} W in [${sel.min_cap_w}, ${sel.tdp_w}] W` +
-      (sel.pinned ? " · set by operator" : " · optimizer's");
+      (S.status.pipeline ? " · as last sampled" : sel.pinned ? " · set by operator" : " · optimizer's");
   }
 }
 
@@ -217,15 +219,15 @@ function renderHosts() {
 // -- status, mode, score ---------------------------------------------------------------------
 function renderStatus() {
   const s = S.status;
-  $("h-scenario").textContent = s.read_only ? "InfluxDB" : s.scenario;
-  $("h-tick").textContent = s.read_only ? "read-only" : s.tick;
+  $("h-scenario").textContent = s.read_only ? "InfluxDB" : s.pipeline ? "InfluxDB + Kafka" : s.scenario;
+  $("h-tick").textContent = s.read_only ? "read-only" : s.pipeline ? "steering" : s.tick;
   $("h-power").textContent = fmt(s.fleet_power_w, 0, " W");
   $("h-caps").textContent = fmt(s.fleet_caps_w, 0, " W");
   $("h-budget").textContent = s.budget_w ? fmt(s.budget_w, 0, " W") : "none";
   $("h-alerts").textContent = s.alerts_firing;
   $("h-alerts").parentElement.classList.toggle("alarm", s.alerts_firing > 0);
   for (const m of ["auto", "advise"]) $("mode-" + m).classList.toggle("on", s.mode === m);
-  if (s.read_only) return;
+  if (s.read_only || s.pipeline) return;
   const b = $("budget-slider");
   b.min = Math.ceil(s.fleet_min_cap_w / 100) * 100;
   b.max = s.fleet_tdp_w;
@@ -335,7 +337,8 @@ function renderStreams() {
   $("weights").innerHTML = Object.entries(st.weights).map(([d, w]) => `<label class="w">${esc(d)}
     <input type="range" min="0" max="100" step="1" value="${(100 * w).toFixed(0)}" data-device="${esc(d)}">
     <output>${(100 * w).toFixed(0)}%</output></label>`).join("") +
-    (st.pinned ? '<p class="muted">set by the operator</p>' : "");
+    (st.pinned ? '<p class="muted">set by the operator</p>' : "") +
+    (st.weights_known === false ? '<p class="muted">the current shares are not in InfluxDB: the sliders start even</p>' : "");
 }
 
 // -- polling -----------------------------------------------------------------------------------
@@ -344,17 +347,18 @@ async function pollFast() {
     if (!S.inventory) { S.inventory = await api("/api/inventory"); buildInventory(); select(S.inventory.devices[0].device_id); }
     const sel = S.selected;
     const status = await api("/api/status");
-    const ro = status.read_only;
+    const demoOnly = !status.read_only && !status.pipeline;
     const [live, hist, score, recs] = await Promise.all([
       api("/api/live"),
       api(`/api/history/device?device_id=${encodeURIComponent(sel)}&seconds=${HISTORY_S}`),
-      ro ? null : api("/api/score"), ro ? null : api("/api/recommendations"),
+      demoOnly ? api("/api/score") : null, demoOnly ? api("/api/recommendations") : null,
     ]);
     Object.assign(S, { status, live, score, recs });
     if (hist.device_id === S.selected) S.history = hist;
     document.body.classList.toggle("read-only", status.read_only);
+    document.body.classList.toggle("pipeline", !!status.pipeline);
     renderStatus(); renderLive(); renderDeviceCharts();
-    if (!status.read_only && score && recs) { renderScore(); renderRecs(); }
+    if (demoOnly && score && recs) { renderScore(); renderRecs(); }
     S.polls += 1;
     $("conn").textContent = "live";
     $("conn").className = "conn ok";
@@ -369,9 +373,10 @@ async function pollSlow() {
   try {
     const hosts = S.inventory ? S.inventory.hosts : [];
     const ro = S.status ? S.status.read_only : true;
+    const demoOnly = S.status ? !ro && !S.status.pipeline : false;
     const [alerts, anomalies, risk, audit, streams, ...hh] = await Promise.all([
       api("/api/alerts?limit=30"), api("/api/anomalies?limit=10"),
-      ro ? null : api("/api/risk?limit=8"), api("/api/audit?limit=60"), ro ? null : api("/api/streams"),
+      demoOnly ? api("/api/risk?limit=8") : null, api("/api/audit?limit=60"), ro ? null : api("/api/streams"),
       ...hosts.map(h => api(`/api/history/host?host_id=${encodeURIComponent(h)}&seconds=${HISTORY_S}`)),
     ]);
     hosts.forEach((h, i) => S.hosts[h] = hh[i]);
