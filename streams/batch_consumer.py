@@ -115,23 +115,36 @@ class BatchConsumer:
         """Batches of ``(token, record)`` in each partition's order; an empty list when nothing
         arrived within ``within_s`` (so the caller's clock-driven work still runs)."""
         consumer, ledger, batch_max = self._started, self.ledger, self.batch_max
+        def tokens(data: dict[Any, list[Any]]) -> list[tuple[Token, Any]]:
+            # Taken as soon as getmany returns (no await in between): a token's generation is
+            # the assignment its record was fetched under.
+            return [
+                (ledger.arrived(tp.partition, record.offset), record)
+                for tp, records in data.items()
+                for record in records
+            ]
+
         while True:
             data = await consumer.getmany(timeout_ms=self.within_ms, max_records=batch_max)
-            n = sum(len(records) for records in data.values())
+            batch = tokens(data)
+            generation = ledger.generation
+            n = len(batch)
             if 0 < n < batch_max and self.linger_s > 0:
                 # A light load hands over a few records at a time: wait a moment for more, so
                 # that per-batch costs are paid ~1/linger_s times a second, not per record.
                 await asyncio.sleep(self.linger_s)
                 more = await consumer.getmany(timeout_ms=0, max_records=batch_max - n)
-                for tp, records in more.items():
-                    data[tp] = data.get(tp, []) + records
+                if ledger.generation != generation:
+                    # A rebalance ended during the wait: what was fetched before it is read
+                    # again from the committed offsets (aiokafka resets the positions of the
+                    # new assignment). Handed over under the new generation it would be taken
+                    # for new records, arriving before the re-read ones, and the ledger would
+                    # commit past the re-read ones before they are done (records lost).
+                    batch = []
+                batch += tokens(more)
             if self.failure is not None:  # aiokafka only logs what a rebalance hook raised
                 raise self.failure
-            yield [
-                (ledger.arrived(tp.partition, record.offset), record)
-                for tp, records in data.items()
-                for record in records
-            ]
+            yield batch
 
     def release(self, tokens: Iterable[Token]) -> None:
         self.ledger.release(tokens)
