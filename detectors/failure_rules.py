@@ -235,6 +235,12 @@ def parse_events(events: Sequence[DeviceEvent], pos: dict[str, int], n: int) -> 
     return out
 
 
+class _HostState(msgspec.Struct, frozen=True):
+    devices: list[str]
+    last_ts_ns: int | None
+    arrays: dict[str, list[Any]]
+
+
 class _State(msgspec.Struct, kw_only=True):
     v: int = 2
     device_ids: list[str]
@@ -570,6 +576,42 @@ class FailureRisk:
         return out
 
     # -- state -------------------------------------------------------------------------------
+
+    #: Per-device arrays (one row per device), what a host's checkpoint carries.
+    _ROW_ARRAYS = ("level", "value", "last_counter", "ecc_rate", "thermal", "throttle", "silent",
+                   "new_uncorrected", "xid_code", "model_risk")  # fmt: skip
+
+    def host_state(self, host_id: str, device_ids: Sequence[str] | None = None) -> bytes:
+        """One host's devices (their rule levels, counters, EWMAs, feature windows) and its
+        last sample time: what the host's next owner needs to score it as this one would
+        (streams/host_state.py). :meth:`restore_host` puts it back. ``device_ids``: the host's
+        devices, when the caller knows them (else found by a scan of every row)."""
+        if device_ids is None:
+            rows = [i for i, h in enumerate(self.host_ids) if h == host_id]
+        else:
+            rows = [r for d in device_ids if (r := self.index.get(d)) is not None]
+        arrays = {name: getattr(self, name)[rows].tolist() for name in self._ROW_ARRAYS}
+        arrays["features"] = self.features.state[rows].tolist()
+        return msgspec.msgpack.encode(
+            _HostState(
+                devices=[self.device_ids[i] for i in rows],
+                last_ts_ns=self.last_ts_ns.get(host_id),
+                arrays=arrays,
+            )
+        )
+
+    def restore_host(self, host_id: str, state: bytes) -> None:
+        s = msgspec.msgpack.decode(state, type=_HostState)
+        if not s.devices:
+            return
+        rows = self.rows_of(host_id, s.devices)
+        for name in self._ROW_ARRAYS:
+            target = getattr(self, name)
+            target[rows] = np.asarray(s.arrays[name], dtype=target.dtype)
+        feats = self.features.state
+        feats[rows] = np.asarray(s.arrays["features"], dtype=feats.dtype)
+        if s.last_ts_ns is not None:
+            self.last_ts_ns[host_id] = s.last_ts_ns
 
     def get_state(self) -> bytes:
         """A msgspec (msgpack) checkpoint; :meth:`from_state` rebuilds an identical scorer."""

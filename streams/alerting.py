@@ -405,29 +405,32 @@ class AlertEngine:
         eng._load(msgspec.msgpack.decode(state, type=_EngineState))
         return eng
 
-    def host_state(self, host_id: str) -> bytes:
-        """The checkpoint of one host's devices, only the channels not at rest (an open
-        episode, a run of ticks above its threshold, a smoothed score that is not ~0): what the
-        host's next owner needs to go on with the same episodes (streams/host_state.py). A
-        quiet channel's count of ticks below its threshold is not kept: it only matters while
-        firing."""
+    def host_state(self, host_id: str, device_ids: Sequence[str]) -> bytes:
+        """The checkpoint of one host's devices (``device_ids``), only the channels not at rest
+        (an open episode, a run of ticks above its threshold, a smoothed score that is not ~0):
+        what the host's next owner needs to go on with the same episodes
+        (streams/host_state.py). A quiet channel's count of ticks below its threshold is not
+        kept: it only matters while firing."""
+        known = [d for d in device_ids if d in self.slots]
         devices = {}
-        for dev, slot in self.slots.items():
-            if self.hosts[dev] == host_id:
-                active = {n: cs for n, cs in self._device_state(slot).items() if _active(cs)}
-                if active:
-                    devices[dev] = active
+        if known:
+            slots = np.array([self.slots[d] for d in known], np.int64)
+            st = self.state
+            active = st["firing"][slots] | (st["on"][slots] > 0)
+            active |= np.abs(st["aux"][slots]) >= _AUX_AT_REST
+            for r in np.flatnonzero(active.any(axis=1)).tolist():
+                chans = self._device_state(int(slots[r]))
+                devices[known[r]] = {n: cs for n, cs in chans.items() if _active(cs)}
         hosts = {dev: host_id for dev in devices}
         return msgspec.msgpack.encode(_EngineState(devices=devices, hosts=hosts))
 
-    def restore_host(self, host_id: str, state: bytes) -> None:
-        """Put back one host's devices as :meth:`host_state` saved them (every channel of
-        those devices not in the checkpoint is at rest)."""
+    def restore_host(self, host_id: str, state: bytes, device_ids: Sequence[str]) -> None:
+        """Put back one host's devices as :meth:`host_state` saved them; every channel of
+        ``device_ids`` (the host's devices known here) not in the checkpoint is at rest."""
         s = msgspec.msgpack.decode(state, type=_EngineState)
-        for dev, slot in self.slots.items():
-            if self.hosts[dev] == host_id:
-                for f in _FIELDS:
-                    self.state[f][slot, :] = 0
+        slots = [self.slots[d] for d in device_ids if d in self.slots]
+        for f in _FIELDS:
+            self.state[f][slots, :] = 0
         self._load(s)
 
     def _device_state(self, slot: int) -> dict[str, _ChannelState]:
@@ -846,6 +849,24 @@ class DeviceMonitor:
         return out
 
     # -- state -------------------------------------------------------------------------------
+
+    def host_state(self, host_id: str) -> bytes:
+        """What the host's next owner needs to go on detecting it as this monitor would: the
+        alert engine's slice (open episodes) and the failure-risk state of its devices. The
+        detectors themselves are not carried (they re-warm, ~30 samples)."""
+        devices = self.host_devices.get(host_id, [])
+        return msgspec.msgpack.encode(
+            {
+                "engine": self.engine.host_state(host_id, devices),
+                "risk": self.risk.host_state(host_id, devices),
+            }
+        )
+
+    def restore_host(self, host_id: str, state: bytes) -> None:
+        parts = msgspec.msgpack.decode(state, type=dict[str, bytes])
+        self.engine.restore_host(host_id, parts["engine"], self.host_devices.get(host_id, []))
+        self.risk.restore_host(host_id, parts["risk"])
+        self._layouts = {k: v for k, v in self._layouts.items() if k[0] != host_id}
 
     def get_state(self) -> bytes:
         """msgspec checkpoint of the whole monitor (detector states as their own bytes)."""

@@ -7,6 +7,7 @@ No Kafka and no InfluxDB here: the worker's ingest loop (streams/ingest_loop.py)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from accelpilot.streams.event_lines import alert_lines, anomaly_lines
 from accelpilot.streams.host_state import HostRecord
 from accelpilot.streams.influx_lines import SampleFormatter
 from accelpilot.streams.ingest import ingest_sample
+
+log = logging.getLogger(__name__)
 
 
 class InternalError(SchemaError):
@@ -78,19 +81,28 @@ class BatchStages:
         self.aggregators: list[WindowAggregator] = []
         self.gate = AckGate([])
         self._resumed: set[str] = set()
+        # Per host, the newest sample time detection has seen (monitor state is never reset).
+        self.observed_ns: dict[str, int] = {}
+        self._skip_until_ns: dict[str, int] = {}
         self.reset_windows()
         # A host silent this long (event time) has its open windows closed and its samples
         # acked.
         self.idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
 
-    def reset_windows(self) -> None:
+    def reset_windows(self, landed_ns: dict[str, int] | None = None) -> None:
         """Forget every open window (a rebalance: partitions are read again from their
-        committed offsets); the hosts' durable records are looked up again."""
+        committed offsets); the hosts' durable records are looked up again. ``landed_ns``: per
+        host, the newest sample whose detection's effects landed, when that is behind
+        :attr:`observed_ns` (a drain that timed out); replayed samples after it are detected
+        again."""
         self.aggregators = [
             WindowAggregator(win, self.allowed_lateness_s) for win in self.windows_s
         ]
         self.gate = AckGate(self.aggregators)
         self._resumed = set()
+        # Replayed samples up to here were detected already (by this worker: the monitor is
+        # not reset; or by the host's previous owner: raised in _resume from its record).
+        self._skip_until_ns = dict(self.observed_ns if landed_ns is None else landed_ns)
 
     def _resume(self, host_id: str) -> None:
         self._resumed.add(host_id)
@@ -101,6 +113,21 @@ class BatchStages:
             end = record.written_until_ns(aggregator.window_s)
             if end is not None:
                 aggregator.resume_host(host_id, end)
+        if record.detection and record.observed_ns > self.observed_ns.get(host_id, -1):
+            # Another worker (or this one before a restart) detected up to ``observed_ns``:
+            # go on with its open episodes, and leave its samples to it (detect).
+            self.monitor.restore_host(host_id, record.detection)
+            log.info("%s: detection state restored as of %d", host_id, record.observed_ns)
+            self.observed_ns[host_id] = record.observed_ns
+            self._skip_until_ns[host_id] = record.observed_ns
+
+    def host_detection_state(self, host_id: str) -> tuple[bytes, int] | None:
+        """The detection state of ``host_id`` and the newest sample time detection saw there,
+        for its record (streams/host_state.py); None if no sample of it was seen."""
+        observed = self.observed_ns.get(host_id)
+        if observed is None:
+            return None
+        return self.monitor.host_state(host_id), observed
 
     def run(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
         """Both steps at once (see :meth:`detect` and :meth:`aggregate`)."""
@@ -125,8 +152,22 @@ class BatchStages:
             accepted.append(sample)
             values.append(sample_values(sample))  # one conversion for detection and windows
             held.append(tokens[i])
-        # Detection: the detector ensemble, failure-risk rules and the alert engine.
-        anomalies, alerts = self.monitor.observe_batch(accepted, values)
+        # Detection: the detector ensemble, failure-risk rules and the alert engine, over the
+        # samples not detected already (a replay after a rebalance or restart: those up to the
+        # host record's ``observed_ns`` were, by the worker whose engine state it carries).
+        resumed, skip, observed = self._resumed, self._skip_until_ns, self.observed_ns
+        fresh, fresh_values = [], []
+        for sample, v in zip(accepted, values, strict=True):
+            host = sample.host_id
+            if host not in resumed:
+                self._resume(host)
+            if sample.ts_ns <= skip.get(host, -1):
+                continue
+            fresh.append(sample)
+            fresh_values.append(v)
+            if sample.ts_ns > observed.get(host, -1):
+                observed[host] = sample.ts_ns
+        anomalies, alerts = self.monitor.observe_batch(fresh, fresh_values)
         lines += anomaly_lines(anomalies, cluster=self.cluster)
         lines += alert_lines(alerts, cluster=self.cluster)
         return BatchOutput(rejected, lines, alerts, anomalies, [], [], accepted, held, values)
@@ -137,7 +178,7 @@ class BatchStages:
         aggregates: list[Aggregate] = []
         aggregators, gate, resumed = self.aggregators, self.gate, self._resumed
         for sample, token, values in zip(out.accepted, out.held, out.values, strict=True):
-            if sample.host_id not in resumed:
+            if sample.host_id not in resumed:  # (detect resumed the hosts it saw)
                 self._resume(sample.host_id)
             for aggregator in aggregators:
                 aggregates += aggregator.add(sample, values)

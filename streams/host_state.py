@@ -33,11 +33,12 @@ class HostRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     v: int = 1
     written_ns: dict[str, int] = {}
-    #: The alert engine's slice of this host (``AlertEngine.host_state``; empty: none saved)
-    #: and the newest sample time the worker's detection had seen when it was taken: the
-    #: host's next owner restores the slice and does not run detection again on replayed
-    #: samples up to that time, so an open episode goes on under its id.
-    alerts: bytes = b""
+    #: The worker's detection state of this host (``DeviceMonitor.host_state``: open alert
+    #: episodes, failure-risk state; empty: none saved) and the newest sample time detection
+    #: had seen when it was taken: the host's next owner restores it and does not run
+    #: detection again on replayed samples up to that time, so an open episode goes on under
+    #: its id.
+    detection: bytes = b""
     observed_ns: int = 0
 
     def written_until_ns(self, window_s: float) -> int | None:
@@ -90,17 +91,17 @@ def _advance(ends: dict[str, int], key: str, end: int) -> bool:
 def merged(
     old: HostRecord | None,
     ends: dict[str, int],
-    alerts: bytes | None = None,
+    detection: bytes | None = None,
     observed_ns: int | None = None,
 ) -> HostRecord | None:
-    """``old`` advanced to ``ends`` (never moved back), with the alert slice when given; None
-    when nothing changes."""
+    """``old`` advanced to ``ends`` (never moved back), with the detection state when given;
+    None when nothing changes."""
     base = {} if old is None else old.written_ns
     new = dict(base)
     moved = any([_advance(new, k, end) for k, end in ends.items()])
-    old_alerts, old_observed = (b"", 0) if old is None else (old.alerts, old.observed_ns)
-    alerts = old_alerts if alerts is None else alerts
+    old_det, old_observed = (b"", 0) if old is None else (old.detection, old.observed_ns)
+    detection = old_det if detection is None else detection
     observed = old_observed if observed_ns is None else max(observed_ns, old_observed)
-    if not moved and (alerts, observed) == (old_alerts, old_observed):
+    if not moved and (detection, observed) == (old_det, old_observed):
         return None
-    return HostRecord(written_ns=new, alerts=alerts, observed_ns=observed)
+    return HostRecord(written_ns=new, detection=detection, observed_ns=observed)

@@ -88,6 +88,10 @@ class _Effects:
     lines: list[str]  # line protocol for InfluxDB
     release: list[Token]  # records done once the above landed
     written: dict[str, dict[str, int]]  # per host: the windows it writes (host_state.py)
+    # Per host of ``written``: its detection state at the end of this batch and the newest
+    # sample it reflects; every effect of those samples has landed once this batch has.
+    detection: dict[str, tuple[bytes, int]]
+    observed_ns: dict[str, int]  # per host, the newest sample detected up to this batch
 
 
 class IngestLoop:
@@ -113,6 +117,8 @@ class IngestLoop:
         self.drain_s, self.stop_drain_s = drain_s, stop_drain_s
         self.records: dict[str, HostRecord] = {}  # of the hosts of the assigned partitions
         self.host_partition: dict[str, int] = {}  # the partition each host's samples come from
+        # Per host, the newest sample detected in a batch whose effects have landed.
+        self.landed_ns: dict[str, int] = {}
         self.stages = BatchStages(w, host_record=self.records.get)
         self.consumer = BatchConsumer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -172,16 +178,31 @@ class IngestLoop:
         async with self._batch_lock:  # the batch in hand is processed (and queued) first
             try:
                 await asyncio.wait_for(self._effects.join(), self.drain_s)
+                drained = True
             except TimeoutError:
+                drained = False
                 log.warning(
                     "rebalance: %d batches not landed within %.0f s; their records are read "
                     "again from the committed offsets",
                     self._effects.qsize(),
                     self.drain_s,
                 )
+            if drained:
+                # Every effect landed: the hosts' detection state as of now, for their next
+                # owner (records are otherwise written at window closes, up to a window old).
+                stages = self.stages
+                await self._record_written(
+                    {host: {} for host in self.host_partition},
+                    {
+                        h: s
+                        for h in self.host_partition
+                        if (s := stages.host_detection_state(h)) is not None
+                    },
+                )
             # Every partition is read again from its committed offset: forget the open windows
-            # (kept, a host that moved would be closed idle here later and written partial).
-            self.stages.reset_windows()
+            # (kept, a host that moved would be closed idle here later and written partial);
+            # replayed samples whose detection landed are not detected again.
+            self.stages.reset_windows(None if drained else dict(self.landed_ns))
             self.host_partition.clear()
             self.records.clear()
 
@@ -234,7 +255,16 @@ class IngestLoop:
             for a in out.aggregates:
                 out.lines += self.savings.on_aggregate(a)
         written = written_windows(out.aggregates)
-        return _Effects(pending, out.lines, release_now + out.releasable, written)
+        stages = self.stages
+        detection = {h: s for h in written if (s := stages.host_detection_state(h)) is not None}
+        return _Effects(
+            pending,
+            out.lines,
+            release_now + out.releasable,
+            written,
+            detection,
+            dict(stages.observed_ns),
+        )
 
     async def _commit_effects(self) -> None:
         """The batches' deliveries and InfluxDB writes, in batch order, then their records
@@ -256,7 +286,11 @@ class IngestLoop:
                 await self.sink.write([line for batch in group for line in batch.lines])
                 # The windows just written are recorded before their records are released: a
                 # replay from an offset inside them drops their samples instead of rewriting.
-                await self._record_written(merged_written(b.written for b in group))
+                await self._record_written(
+                    merged_written(b.written for b in group),
+                    {h: s for b in group for h, s in b.detection.items()},  # the newest
+                )
+                self.landed_ns = group[-1].observed_ns
                 if self.savings is not None:
                     self.savings.save_if_changed()
                 for batch in group:
@@ -287,11 +321,16 @@ class IngestLoop:
             self.topics.dlq, record.key, codec.encode(letter), None, None, None
         )
 
-    async def _record_written(self, written: dict[str, dict[str, int]]) -> None:
+    async def _record_written(
+        self, written: dict[str, dict[str, int]], detection: dict[str, tuple[bytes, int]]
+    ) -> None:
+        """Each host's record: the windows just written, and where its detection stands (a
+        state whose samples' effects all landed: alerts, anomalies, their lines)."""
         sends = []
         for host_id, ends in written.items():
             partition = self.host_partition.get(host_id)
-            record = merged(self.records.get(host_id), ends)
+            state, observed = detection.get(host_id, (None, None))
+            record = merged(self.records.get(host_id), ends, state, observed)
             if record is None or partition is None:
                 continue
             self.records[host_id] = record

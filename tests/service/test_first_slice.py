@@ -50,7 +50,9 @@ def _malformed(valid: bytes) -> list[tuple[bytes, str]]:
     ]
 
 
-def _start_worker(settings: Settings, tmp_path: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    settings: Settings, tmp_path: Path, log_level: str = "warning"
+) -> subprocess.Popen[bytes]:
     config = write_config(settings, tmp_path / "worker.toml")
     log = (tmp_path / "worker.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELPILOT_")}
@@ -64,7 +66,7 @@ def _start_worker(settings: Settings, tmp_path: Path) -> subprocess.Popen[bytes]
                 "--config",
                 str(config),
                 "-l",
-                "warning",
+                log_level,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

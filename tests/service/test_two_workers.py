@@ -45,7 +45,7 @@ def _worker(settings: Settings, run_dir: Path) -> subprocess.Popen[bytes]:
         influx=settings.influx.model_dump(),
         worker={**settings.worker.model_dump(), "data_dir": str(run_dir / "data")},
     )
-    return _start_worker(own, run_dir)
+    return _start_worker(own, run_dir, log_level="info")  # restores are logged
 
 
 def _kill(worker: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -58,15 +58,6 @@ def _kill(worker: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
             worker.wait()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug found by this test (issue #4), in some runs: the detectors' and alert engine's "
-    "state is not checkpointed, so an alert episode open when its partition moves to the other "
-    "worker (the workers' first rebalance) is reported again under a new id (thermal node1/gpu3 "
-    "and device_silent node0/gpu6 twice each; docs/streams.md, 'Checkpointing', 'Not built: "
-    "detector and alert state'). Its other finding, lagging partitions taken for silent hosts, "
-    "is fixed (aa30a9c); written windows are no longer rewritten (streams/host_state.py).",
-)
 def test_sigkilled_worker_of_two_restarts_and_every_contribution_lands_exactly_once(
     service_settings: Settings, tmp_path: Path
 ) -> None:
@@ -148,6 +139,20 @@ def test_sigkilled_worker_of_two_restarts_and_every_contribution_lands_exactly_o
         for where, by_episode in (("fleet.alerts", ids_by_episode), ("InfluxDB", episodes)):
             if dup := {k: len(v) for k, v in by_episode.items() if len(v) > 1}:
                 problems.append(f"alerts reported more than once in {where} (ids): {dup}")
+                seen = [
+                    (a.kind, a.device_id, a.id[:8], a.state, a.started_ts_ns, a.ts_ns)
+                    for a in alerts
+                    if (a.kind, a.host_id, a.device_id or "-") in dup
+                ]
+                problems.append(f"  their alerts (kind, device, id, state, started, ts): {seen}")
+                hosts = {h for _, h, _ in dup}
+                for name, path in logs.items():
+                    lines = path.read_text().splitlines() if path.exists() else []
+                    problems += [
+                        f"  {name}: {line[-160:]}"
+                        for line in lines
+                        if "partitions" in line or any(f"{h}: detection" in line for h in hosts)
+                    ]
         if set(episodes) != set(ids_by_episode):
             problems.append(
                 f"alert episodes differ: InfluxDB {sorted(episodes)}, "

@@ -177,18 +177,19 @@ def test_a_host_slice_carries_an_open_episode_to_another_engine() -> None:
     old = AlertEngine()
     fired = run(old, [signals(t, temp=(95.0, 60.0)) for t in range(3)])
     assert [a.state for a in fired] == ["firing"]
-    state = old.host_state("n")
+    devs = ["n/gpu0", "n/gpu1"]
+    state = old.host_state("n", devs)
     saved = msgspec.msgpack.decode(state)
     assert set(saved["devices"]) == {"n/gpu0"}  # gpu1 is at rest everywhere: not saved
     new = AlertEngine()
     run(new, [signals(t, temp=(60.0, 60.0)) for t in range(2)])  # the new owner saw n before
-    new.restore_host("n", state)
+    new.restore_host("n", state, devs)
     # The fault goes on, then ends: no second "firing", the resolve has the first id.
     later = run(new, [signals(3 + t, temp=(95.0, 60.0)) for t in range(5)])
     later += run(new, [signals(8 + t, temp=(60.0, 60.0)) for t in range(5)])
     assert [a.state for a in later] == ["resolved"]
     assert later[0].id == fired[0].id
-    assert AlertEngine().host_state("other") == AlertEngine().host_state("n")  # empty slices
+    assert old.host_state("n", []) == AlertEngine().host_state("n", devs)  # empty slices
 
 
 def test_restoring_a_host_puts_its_other_channels_at_rest() -> None:
@@ -196,5 +197,6 @@ def test_restoring_a_host_puts_its_other_channels_at_rest() -> None:
     run(eng, [signals(t, temp=(60.0, 95.0)) for t in range(3)])  # gpu1 firing here
     rest = AlertEngine()
     run(rest, [signals(t, temp=(60.0, 60.0)) for t in range(3)])
-    eng.restore_host("n", rest.host_state("n"))  # the saved slice: nothing open
+    devs = ["n/gpu0", "n/gpu1"]
+    eng.restore_host("n", rest.host_state("n", devs), devs)  # the saved slice: nothing open
     assert run(eng, [signals(3 + t, temp=(60.0, 60.0)) for t in range(5)]) == []

@@ -157,3 +157,25 @@ def test_devices_appear() -> None:
     fr = FailureRisk(["h/gpu0"])
     risk, _ = fr.update(healthy(0))
     assert fr.device_ids == DEVS and risk.shape == (2,)
+
+
+def test_a_host_slice_scores_on_elsewhere_as_before() -> None:
+    """A host's next owner, given its slice, scores it exactly as the previous owner would
+    have, even though it already knew other hosts (other rows)."""
+    rng = np.random.default_rng(1)
+    streams = [
+        healthy(t, temp_c=list(rng.uniform(60, 95, 2)),
+                ecc_corrected_total=[float(t), float(40 * t)],
+                throttle_reasons_mask=[0.0, 64.0 * (t % 3 == 0)])
+        for t in range(60)
+    ]  # fmt: skip
+    a = FailureRisk(DEVS)
+    for s in streams[:30]:
+        a.update(s)
+    b = FailureRisk(["x/gpu0", "x/gpu1", "x/gpu2"])  # the new owner, other rows first
+    b.restore_host("h", a.host_state("h"))
+    rows = [b.index[d] for d in DEVS]
+    for s in streams[30:]:
+        ra, ea = a.update(s)
+        rb, eb = b.update(s)
+        assert ra.tolist() == rb[rows].tolist() and ea == [eb[i] for i in rows]

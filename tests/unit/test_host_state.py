@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,6 +10,7 @@ from accelpilot.collectors.synthetic import synthetic_samples
 from accelpilot.config import WorkerSettings
 from accelpilot.schemas import codec
 from accelpilot.schemas.aggregates import Aggregate
+from accelpilot.schemas.samples import HostSample
 from accelpilot.streams.aggregates import WindowAggregator
 from accelpilot.streams.batch_stages import BatchStages
 from accelpilot.streams.host_state import (
@@ -106,3 +108,46 @@ def test_reset_windows_looks_the_records_up_again() -> None:
     out = stages.run(raws[5:], list(range(5, 30)), T0)
     assert _host_windows(out.aggregates) == []  # 5..19 s written before, 20..29 s still open
     assert stages.aggregators[0].late_dropped_total == 15
+
+
+def _hot(samples: list[HostSample], ticks: range) -> list[HostSample]:
+    """``samples`` with gpu0 at 95 degC during ``ticks`` (a thermal fault)."""
+    out = []
+    for k, s in enumerate(samples):
+        if k in ticks:
+            temp = list(s.metrics["temp_c"])
+            temp[0] = 95.0
+            s = msgspec.structs.replace(s, metrics={**s.metrics, "temp_c": temp})
+        out.append(s)
+    return out
+
+
+def test_an_open_alert_episode_moves_with_the_host_record() -> None:
+    """The worker that detected a thermal episode dies with it open; its successor, given the
+    host's record, goes on with the same episode (one id, resolved once) and does not detect
+    the replayed samples again."""
+    w = WorkerSettings(windows_s=(10.0,), allowed_lateness_s=0.0)
+    samples = list(synthetic_samples("h1", n_devices=2, n_ticks=80, start_ns=T0))
+    samples = _hot(samples, range(30, 50))
+    raws = [codec.encode(s) for s in samples]
+    now = T0 + 80 * 10**9
+    first = BatchStages(w, clock=lambda: now)
+    out = first.run(raws[:40], list(range(40)), now)
+    fired = [a for a in out.alerts if a.kind == "thermal"]
+    assert [a.state for a in fired] == ["firing"]
+    detection, observed = first.host_detection_state("h1") or (b"", 0)
+    assert observed == samples[39].ts_ns
+    record = merged(None, written_windows(out.aggregates)["h1"], detection, observed)
+    assert record is not None and record.observed_ns == observed
+
+    second = BatchStages(w, clock=lambda: now, host_record={"h1": record}.get)
+    # From the committed offset, inside the episode (its first samples were committed).
+    replay = second.run(raws[35:], list(range(35, 80)), now)
+    thermal = [a for a in replay.alerts if a.kind == "thermal"]
+    assert [(a.state, a.id) for a in thermal] == [("resolved", fired[0].id)]
+    assert all(a.ts_ns > observed for a in replay.anomalies)  # 35..39 s not detected again
+
+    # Without the record: the same replay reports the episode again under another id.
+    cold = BatchStages(w, clock=lambda: now).run(raws[35:], list(range(35, 80)), now)
+    again = [a for a in cold.alerts if a.kind == "thermal" and a.state == "firing"]
+    assert again and again[0].id != fired[0].id
