@@ -48,6 +48,14 @@ class StackError(AccelpilotError):
 class ServiceUnavailableError(AccelpilotError):
     """A service (broker, database) cannot be reached."""
 
+    @classmethod
+    def kafka(cls, bootstrap_servers: str, error: Exception) -> ServiceUnavailableError:
+        """The broker at ``bootstrap_servers`` refused or never answered a client's start."""
+        return cls(
+            f"cannot reach Kafka at {bootstrap_servers}: {error}; is the broker up "
+            "(`accelpilot stack status`)?"
+        )
+
 
 class BackendError(AccelpilotError):
     """A device backend (NVML, AMD SMI, /sys, the simulator) failed; the message says how."""

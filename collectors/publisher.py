@@ -28,10 +28,7 @@ class KafkaPublisher:
                 max_in_flight_requests_per_connection=5,
             )
         except KafkaError as e:
-            raise ServiceUnavailableError(
-                f"cannot reach Kafka at {bootstrap_servers}: {e}; is the broker up "
-                "(`accelpilot stack status`)?"
-            ) from e
+            raise ServiceUnavailableError.kafka(bootstrap_servers, e) from e
         self.topic = topic
 
     def send(self, key: str, payload: msgspec.Struct) -> None:

@@ -132,9 +132,7 @@ def run_alert_service(
         )
     except KafkaError as e:
         store.close()
-        raise ServiceUnavailableError(
-            f"cannot reach Kafka at {bootstrap}: {e}; is the broker up (`accelpilot stack status`)?"
-        ) from e
+        raise ServiceUnavailableError.kafka(bootstrap, e) from e
     log.info("alert service: %s -> %s (group %s)", topic, store.path, group_id)
     grafana = None
     try:

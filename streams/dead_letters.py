@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from accelpilot.schemas.dlq import DeadLetter
 
 if TYPE_CHECKING:
     from accelpilot.streams.influx_sink import RejectedLine, RejectedLinesHandler
+
+log = logging.getLogger(__name__)
 
 
 def dead_letter(
@@ -34,6 +37,24 @@ def dead_letter(
         detail=error.detail[:2000],
         rejected_ts_ns=now_ns,
         stage=stage,
+    )
+
+
+def record_letter(
+    record: Any, raw: bytes, error: SchemaError, *, stage: str, now_ns: int
+) -> DeadLetter:
+    """The dead letter of a Kafka ``record`` (``key``, ``topic``, ``partition``, ``offset``)
+    whose payload ``raw`` was refused at ``stage``; logged with where it came from."""
+    log.info("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
+    return dead_letter(
+        raw=raw,
+        key=record.key,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        error=error,
+        stage=stage,
+        now_ns=now_ns,
     )
 
 

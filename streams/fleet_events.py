@@ -65,7 +65,7 @@ from accelpilot.schemas.action_results import ActionResult
 from accelpilot.schemas.actions import Action
 from accelpilot.schemas.aggregates import Aggregate
 from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, DLQ
-from accelpilot.streams.dead_letters import dead_letter, send_rejected_lines
+from accelpilot.streams.dead_letters import record_letter, send_rejected_lines
 from accelpilot.streams.influx_sink import InfluxSink
 
 log = logging.getLogger(__name__)
@@ -267,18 +267,7 @@ def register_fleet_events(app: Any, settings: Settings, *, action_wait_s: float 
             try:
                 out.append(codec.decode(kind, raw))
             except SchemaError as e:
-                now_ns = time.time_ns()
-                letter = dead_letter(
-                    raw=raw,
-                    key=msg.key,
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    error=e,
-                    stage="fleet-events",
-                    now_ns=now_ns,
-                )
-                log.info("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
+                letter = record_letter(msg, raw, e, stage="fleet-events", now_ns=time.time_ns())
                 await (await dlq_topic.send(key=msg.key, value=codec.encode(letter)))
         return out
 

@@ -35,7 +35,7 @@ from accelpilot.schemas import codec
 from accelpilot.schemas.topics import SAMPLES
 from accelpilot.streams.batch_consumer import BatchConsumer
 from accelpilot.streams.batch_stages import BatchStages, InternalError
-from accelpilot.streams.dead_letters import dead_letter
+from accelpilot.streams.dead_letters import record_letter
 from accelpilot.streams.host_state import (
     HostRecord,
     encode_record,
@@ -306,17 +306,7 @@ class IngestLoop:
     async def _send_dead_letter(
         self, record: Any, raw: bytes, err: SchemaError, now_ns: int
     ) -> Any:
-        letter = dead_letter(
-            raw=raw,
-            key=record.key,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error=err,
-            stage="ingest",
-            now_ns=now_ns,
-        )
-        log.info("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, err)
+        letter = record_letter(record, raw, err, stage="ingest", now_ns=now_ns)
         return await self.producer.send(
             self.topics.dlq, record.key, codec.encode(letter), None, None, None
         )

@@ -43,6 +43,7 @@ import numpy as np
 from accelpilot.collectors.device import host_of
 from accelpilot.console.controls import requested_caps, requested_weights, resolve_devices
 from accelpilot.console.errors import ConsoleRequestError, NotFoundError
+from accelpilot.errors import ServiceUnavailableError
 from accelpilot.optimizer.actions import (
     ACTION_LIFETIME_S,
     ActionSigner,
@@ -86,12 +87,7 @@ class KafkaActionPublisher:
                 linger_ms=0,
             )
         except KafkaError as e:
-            from accelpilot.errors import ServiceUnavailableError
-
-            raise ServiceUnavailableError(
-                f"cannot reach Kafka at {bootstrap_servers}: {e}; is the broker up "
-                "(`accelpilot stack status`)?"
-            ) from e
+            raise ServiceUnavailableError.kafka(bootstrap_servers, e) from e
         self.topic = topic
         self.timeout_s = timeout_s
 
