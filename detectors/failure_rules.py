@@ -581,15 +581,11 @@ class FailureRisk:
     _ROW_ARRAYS = ("level", "value", "last_counter", "ecc_rate", "thermal", "throttle", "silent",
                    "new_uncorrected", "xid_code", "model_risk")  # fmt: skip
 
-    def host_state(self, host_id: str, device_ids: Sequence[str] | None = None) -> bytes:
-        """One host's devices (their rule levels, counters, EWMAs, feature windows) and its
-        last sample time: what the host's next owner needs to score it as this one would
-        (streams/host_state.py). :meth:`restore_host` puts it back. ``device_ids``: the host's
-        devices, when the caller knows them (else found by a scan of every row)."""
-        if device_ids is None:
-            rows = [i for i, h in enumerate(self.host_ids) if h == host_id]
-        else:
-            rows = [r for d in device_ids if (r := self.index.get(d)) is not None]
+    def host_state(self, host_id: str, device_ids: Sequence[str]) -> bytes:
+        """One host's devices ``device_ids`` (their rule levels, counters, EWMAs, feature
+        windows) and its last sample time: what the host's next owner needs to score it as this
+        one would (streams/host_state.py). :meth:`restore_host` puts it back."""
+        rows = [r for d in device_ids if (r := self.index.get(d)) is not None]
         arrays = {name: getattr(self, name)[rows].tolist() for name in self._ROW_ARRAYS}
         arrays["features"] = self.features.state[rows].tolist()
         return msgspec.msgpack.encode(

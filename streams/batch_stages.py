@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,13 +121,11 @@ class BatchStages:
             self.observed_ns[host_id] = record.observed_ns
             self._skip_until_ns[host_id] = record.observed_ns
 
-    def host_detection_state(self, host_id: str) -> tuple[bytes, int] | None:
-        """The detection state of ``host_id`` and the newest sample time detection saw there,
-        for its record (streams/host_state.py); None if no sample of it was seen."""
-        observed = self.observed_ns.get(host_id)
-        if observed is None:
-            return None
-        return self.monitor.host_state(host_id), observed
+    def detection_states(self, hosts: Iterable[str]) -> dict[str, tuple[bytes, int]]:
+        """Per host of ``hosts`` that detection has seen: its detection state and the newest
+        sample time it reflects, for the host's record (streams/host_state.py)."""
+        observed, state = self.observed_ns, self.monitor.host_state
+        return {h: (state(h), observed[h]) for h in hosts if h in observed}
 
     def run(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
         """Both steps at once (see :meth:`detect` and :meth:`aggregate`)."""
@@ -174,12 +172,11 @@ class BatchStages:
 
     def aggregate(self, out: BatchOutput) -> BatchOutput:
         """Step 2: windowed aggregates of the accepted samples, and the events now releasable
-        (``tokens[i]`` of a sample is held until every window containing it has closed)."""
+        (``tokens[i]`` of a sample is held until every window containing it has closed).
+        ``out`` is :meth:`detect`'s, which resumed every host it accepted a sample of."""
         aggregates: list[Aggregate] = []
-        aggregators, gate, resumed = self.aggregators, self.gate, self._resumed
+        aggregators, gate = self.aggregators, self.gate
         for sample, token, values in zip(out.accepted, out.held, out.values, strict=True):
-            if sample.host_id not in resumed:  # (detect resumed the hosts it saw)
-                self._resume(sample.host_id)
             for aggregator in aggregators:
                 aggregates += aggregator.add(sample, values)
             gate.hold(sample.host_id, sample.ts_ns, token)

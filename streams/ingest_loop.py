@@ -190,14 +190,9 @@ class IngestLoop:
             if drained:
                 # Every effect landed: the hosts' detection state as of now, for their next
                 # owner (records are otherwise written at window closes, up to a window old).
-                stages = self.stages
                 await self._record_written(
                     {host: {} for host in self.host_partition},
-                    {
-                        h: s
-                        for h in self.host_partition
-                        if (s := stages.host_detection_state(h)) is not None
-                    },
+                    self.stages.detection_states(self.host_partition),
                 )
             # Every partition is read again from its committed offset: forget the open windows
             # (kept, a host that moved would be closed idle here later and written partial);
@@ -255,15 +250,13 @@ class IngestLoop:
             for a in out.aggregates:
                 out.lines += self.savings.on_aggregate(a)
         written = written_windows(out.aggregates)
-        stages = self.stages
-        detection = {h: s for h in written if (s := stages.host_detection_state(h)) is not None}
         return _Effects(
             pending,
             out.lines,
             release_now + out.releasable,
             written,
-            detection,
-            dict(stages.observed_ns),
+            self.stages.detection_states(written),
+            dict(self.stages.observed_ns),
         )
 
     async def _commit_effects(self) -> None:

@@ -135,14 +135,19 @@ def test_events_ecc_throttle_fault() -> None:
     assert rules_of(evidence[1]) == {"fault_event"}
 
 
-def test_state_round_trip_mid_stream() -> None:
-    rng = np.random.default_rng(0)
-    streams = [
+def _varied_streams(seed: int) -> list[HostSample]:
+    """60 ticks of host ``h``: random temperatures, climbing ECC counters, periodic throttling."""
+    rng = np.random.default_rng(seed)
+    return [
         healthy(t, temp_c=list(rng.uniform(60, 95, 2)),
                 ecc_corrected_total=[float(t), float(40 * t)],
                 throttle_reasons_mask=[0.0, 64.0 * (t % 3 == 0)])
         for t in range(60)
     ]  # fmt: skip
+
+
+def test_state_round_trip_mid_stream() -> None:
+    streams = _varied_streams(seed=0)
     a = rules_only(DEVS)
     for s in streams[:30]:
         a.update(s)
@@ -162,18 +167,12 @@ def test_devices_appear() -> None:
 def test_a_host_slice_scores_on_elsewhere_as_before() -> None:
     """A host's next owner, given its slice, scores it exactly as the previous owner would
     have, even though it already knew other hosts (other rows)."""
-    rng = np.random.default_rng(1)
-    streams = [
-        healthy(t, temp_c=list(rng.uniform(60, 95, 2)),
-                ecc_corrected_total=[float(t), float(40 * t)],
-                throttle_reasons_mask=[0.0, 64.0 * (t % 3 == 0)])
-        for t in range(60)
-    ]  # fmt: skip
+    streams = _varied_streams(seed=1)
     a = FailureRisk(DEVS)
     for s in streams[:30]:
         a.update(s)
     b = FailureRisk(["x/gpu0", "x/gpu1", "x/gpu2"])  # the new owner, other rows first
-    b.restore_host("h", a.host_state("h"))
+    b.restore_host("h", a.host_state("h", DEVS))
     rows = [b.index[d] for d in DEVS]
     for s in streams[30:]:
         ra, ea = a.update(s)

@@ -135,7 +135,7 @@ def test_an_open_alert_episode_moves_with_the_host_record() -> None:
     out = first.run(raws[:40], list(range(40)), now)
     fired = [a for a in out.alerts if a.kind == "thermal"]
     assert [a.state for a in fired] == ["firing"]
-    detection, observed = first.host_detection_state("h1") or (b"", 0)
+    detection, observed = first.detection_states(["h1"])["h1"]
     assert observed == samples[39].ts_ns
     record = merged(None, written_windows(out.aggregates)["h1"], detection, observed)
     assert record is not None and record.observed_ns == observed
