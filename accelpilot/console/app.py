@@ -120,6 +120,12 @@ Viewer = Annotated[Principal, Depends(_viewer)]
 Operator = Annotated[Principal, Depends(_operator)]
 
 
+READ_ONLY = (
+    "read-only console (real-pipeline mode): steering, recommendations, the score and the "
+    "failure-risk ranking live in `accelpilot demo` only"
+)
+
+
 def _published(actions: list[Any], topic: str) -> dict[str, Any]:
     """A steering answer over the real pipeline: the actions are on the topic; their outcomes
     arrive later (fleet.action-results -> InfluxDB -> /api/audit)."""
@@ -181,16 +187,13 @@ def create_app(
                     "ranking, the fleet budget, pins and the optimizer's mode live in "
                     "`accelpilot demo` only (see docs/console.md)"
                 )
-            raise ConflictError(
-                "read-only console (real-pipeline mode): steering, recommendations, the score "
-                "and the failure-risk ranking live in `accelpilot demo` only"
-            )
+            raise ConflictError(READ_ONLY)
         return demo
 
     def steer() -> PipelineSteering:
+        """The real-pipeline steering (called only without a demo)."""
         if steering is None:
-            need()  # the demo answers below; without one this refuses (read-only)
-            raise AssertionError("unreachable")
+            raise ConflictError(READ_ONLY)
         return steering
 
     def known(device_id: str) -> dict[str, Any] | None:
