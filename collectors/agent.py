@@ -27,7 +27,7 @@ from accelpilot.errors import DiskBufferError, SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.actions import Action
 from accelpilot.schemas.samples import AgentHealth
-from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS
+from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, GROUP_METADATA_MAX_AGE_MS
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class Agent:
             # replayed by the verifier, and none published while the agent was joining is lost.
             auto_offset_reset="earliest",
             consumer_timeout_ms=500,
+            metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
         )
         producer = KafkaProducer(
             bootstrap_servers=s.kafka.bootstrap_servers,

@@ -41,6 +41,7 @@ from accelpilot.errors import SchemaError, ServiceUnavailableError
 from accelpilot.schemas import codec
 from accelpilot.schemas.alerts import Alert
 from accelpilot.schemas.dlq import DeadLetter
+from accelpilot.schemas.topics import GROUP_METADATA_MAX_AGE_MS
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def run_alert_service(
             enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",
             max_poll_records=500,
+            metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
         )
         producer = (
             KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)

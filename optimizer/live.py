@@ -523,7 +523,14 @@ def run_optimizer(
     from kafka import KafkaConsumer, KafkaProducer
 
     from accelpilot.errors import SchemaError
-    from accelpilot.schemas.topics import ACTION_RESULTS, ACTIONS, AGGREGATES, ALERTS, ANOMALIES
+    from accelpilot.schemas.topics import (
+        ACTION_RESULTS,
+        ACTIONS,
+        AGGREGATES,
+        ALERTS,
+        ANOMALIES,
+        GROUP_METADATA_MAX_AGE_MS,
+    )
 
     facts = facts_for_hosts(scenario, hosts, window_s=window_s)
     opt = LiveOptimizer(facts, Signer.from_file(key_path), mode=mode, window_s=window_s, **options)
@@ -543,6 +550,7 @@ def run_optimizer(
         # Only what happens from now on matters: old windows and results are not decisions.
         auto_offset_reset="latest",
         enable_auto_commit=True,
+        metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
     )
     producer = (
         KafkaProducer(

@@ -31,3 +31,9 @@ PAYLOAD_TYPES: dict[str, type[msgspec.Struct]] = {
 }
 
 ALL_TOPICS: tuple[str, ...] = tuple(PAYLOAD_TYPES)
+
+# How often our long-running group consumers (agent, optimizer, alert service) refresh topic
+# metadata. kafka-python's default is 5 min: a member that joined before its topic was served
+# (created a moment earlier, or not yet created by the worker) holds no partitions, and would
+# rejoin only at that refresh. 10 s costs one small metadata request per consumer.
+GROUP_METADATA_MAX_AGE_MS = 10_000

@@ -13,10 +13,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from accelpilot.config import Settings
 from accelpilot.errors import StackError
 from accelpilot.stack import process
+
+if TYPE_CHECKING:
+    from kafka.admin import KafkaAdminClient
 
 SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")
 
@@ -254,9 +258,40 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> list
         new = [NewTopic(name=n, num_partitions=partitions, replication_factor=1) for n in wanted]
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics(new_topics=new, validate_only=False)
+        _await_leaders(admin, wanted, partitions)
         return wanted
     finally:
         admin.close()
+
+
+def _await_leaders(
+    admin: KafkaAdminClient, names: list[str], partitions: int, timeout_s: float = 30.0
+) -> None:
+    """Return once the broker serves every topic with a leader for each partition.
+
+    CreateTopics answers before the broker's metadata cache has the new topics: a consumer
+    group that joins in that gap is handed no partitions ("No partition metadata for topic")
+    and, with nothing to retry, would wait for its next periodic metadata refresh to rejoin.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = admin.describe_topics(names)
+        pending = [
+            t["name"]
+            for t in described
+            if t["error_code"] != 0
+            or len(t["partitions"]) < partitions
+            or any(p["leader_id"] < 0 for p in t["partitions"])
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"Kafka created topics {pending} but gave them no leader within {timeout_s:.0f} s; "
+                "check the broker's logs/server.log under the stack's run_dir (default "
+                "/tmp/accelpilot-stack/kafka)"
+            )
+        time.sleep(0.1)
 
 
 def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
