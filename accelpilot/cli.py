@@ -486,6 +486,9 @@ def alerts_subscribe(
         str | None, typer.Option(help="Name of the environment variable holding the password.")
     ] = None,
     min_severity: Annotated[str, typer.Option(help="info, warning or critical.")] = "info",
+    cluster: Annotated[
+        str, typer.Option(help="Cluster glob (anything but * skips alerts of no known cluster).")
+    ] = "*",
     host: Annotated[str, typer.Option(help="Host glob.")] = "*",
     device: Annotated[str, typer.Option(help="Device glob.")] = "*",
     kind: Annotated[list[str] | None, typer.Option(help="Alert kind (repeatable).")] = None,
@@ -515,6 +518,7 @@ def alerts_subscribe(
         smtp_user=smtp_user,
         smtp_password=password,
         min_severity=min_severity,
+        cluster_glob=cluster,
         host_glob=host,
         device_glob=device,
         kinds=tuple(kind or ()),

@@ -76,7 +76,8 @@ def _slug(text: str) -> str:
 
 
 def grafana_alerts(payload: Any, now_ns: int) -> list[Alert]:
-    """The alerts of one Grafana webhook body, as ``fleet.alerts`` v1 alerts."""
+    """The alerts of one Grafana webhook body, as ``fleet.alerts`` alerts (the ``cluster`` label
+    of our rules, dashboards/alert_rules.py, becomes the alert's cluster)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
         raise InvalidPayloadError("grafana-shape", "expected a JSON object with an 'alerts' list")
     out = []
@@ -109,6 +110,7 @@ def grafana_alerts(payload: Any, now_ns: int) -> list[Alert]:
                 ts_ns=ends if status == "resolved" and ends is not None else starts,
                 started_ts_ns=starts,
                 metric=labels.get("metric") or None,
+                cluster=labels.get("cluster") or None,
                 reason=f"Grafana: {name}" + (f": {summary}" if summary else ""),
                 evidence={
                     str(k): float(v)

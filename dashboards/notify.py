@@ -140,7 +140,8 @@ def _iso(ts_ns: int) -> str:
 
 
 def _where(a: Alert) -> str:
-    return f"{a.host_id}/{a.device_id}" if a.device_id else a.host_id
+    where = f"{a.host_id}/{a.device_id}" if a.device_id else a.host_id
+    return f"{where} in {a.cluster}" if a.cluster else where
 
 
 def _evidence(a: Alert) -> str:
@@ -171,7 +172,7 @@ def summarize(alerts: Sequence[Alert]) -> str:
 
 def render_json(sub: Subscription, alerts: Sequence[Alert], delivery_id: str) -> bytes:
     """``{"v": 1, "delivery_id", "subscription": {"id", "name"}, "summary", "alerts": [...]}``;
-    each alert exactly as in the ``fleet.alerts`` v1 schema."""
+    each alert exactly as in the ``fleet.alerts`` schema (v2, or v1 as it was received)."""
     return json.dumps(
         {
             "v": 1,

@@ -87,11 +87,13 @@ class Filters(_Model):
     """Which alerts a subscription selects; every condition must hold.
 
     ``device_glob="*"`` also selects host-wide alerts (``device_id`` null); any other pattern
-    needs a device id that matches. ``kinds`` empty selects every kind. Globs are
-    case-sensitive :mod:`fnmatch` patterns.
+    needs a device id that matches. Likewise ``cluster_glob="*"`` also selects alerts of no known
+    cluster (a v1 alert); any other pattern needs a cluster that matches. ``kinds`` empty selects
+    every kind. Globs are case-sensitive :mod:`fnmatch` patterns.
     """
 
     min_severity: Severity = "info"
+    cluster_glob: str = Field("*", min_length=1, max_length=200)
     host_glob: str = Field("*", min_length=1, max_length=200)
     device_glob: str = Field("*", min_length=1, max_length=200)
     kinds: tuple[Annotated[str, Field(min_length=1)], ...] = ()
@@ -103,6 +105,10 @@ class Filters(_Model):
         if alert.state not in self.states:
             return False
         if self.kinds and alert.kind not in self.kinds:
+            return False
+        if self.cluster_glob != "*" and not (
+            alert.cluster is not None and fnmatch.fnmatchcase(alert.cluster, self.cluster_glob)
+        ):
             return False
         if not fnmatch.fnmatchcase(alert.host_id, self.host_glob):
             return False
@@ -154,6 +160,8 @@ class Subscription(_Model):
         )
         f = self.filters
         conds = [f"{f.min_severity}+"]
+        if f.cluster_glob != "*":
+            conds.append(f"cluster {f.cluster_glob}")
         if f.host_glob != "*":
             conds.append(f"host {f.host_glob}")
         if f.device_glob != "*":
@@ -380,6 +388,7 @@ def subscribe(
     smtp_user: str | None = None,
     smtp_password: str | None = None,
     min_severity: str = "info",
+    cluster_glob: str = "*",
     host_glob: str = "*",
     device_glob: str = "*",
     kinds: list[str] | tuple[str, ...] = (),
@@ -412,6 +421,7 @@ def subscribe(
         destination=destination,
         filters={
             "min_severity": min_severity,
+            "cluster_glob": cluster_glob,
             "host_glob": host_glob,
             "device_glob": device_glob,
             "kinds": tuple(kinds),

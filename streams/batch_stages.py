@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from accelpilot.config import WorkerSettings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas.aggregates import Aggregate
@@ -166,6 +168,9 @@ class BatchStages:
             if sample.ts_ns > observed.get(host, -1):
                 observed[host] = sample.ts_ns
         anomalies, alerts = self.monitor.observe_batch(fresh, fresh_values)
+        if alerts:  # every alert names the cluster this worker group serves
+            cluster = self.cluster
+            alerts = [msgspec.structs.replace(a, cluster=cluster) for a in alerts]
         lines += anomaly_lines(anomalies, cluster=self.cluster)
         lines += alert_lines(alerts, cluster=self.cluster)
         return BatchOutput(rejected, lines, alerts, anomalies, [], [], accepted, held, values)

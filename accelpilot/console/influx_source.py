@@ -137,6 +137,7 @@ class InfluxSource:
                     ts_ns=int(r["time"]),
                     started_ts_ns=int(r["started_ts_ns"]),
                     reason=r["reason"],
+                    cluster=r.get("cluster") or None,
                 ),
             )
         return list(seen.values())[:limit]

@@ -230,7 +230,7 @@ def test_each_destination_gets_exactly_its_alerts_and_outages_heal(
                 pub.send(a.host_id, a)
             pub.send(first[0].host_id, first[0])  # a replayed duplicate
             pub.send_raw(b"gpu-x", b"not json")
-            pub.send_raw(b"gpu-x", b'{"v": 2, "id": "future"}')
+            pub.send_raw(b"gpu-x", b'{"v": 3, "id": "future"}')
 
         want_json, want_slack, want_mail = ["a1", "a4", "a6"], ["a3", "a4", "a6"], ["a1", "a2"]
         _until(

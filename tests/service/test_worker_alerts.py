@@ -77,6 +77,8 @@ def test_thermal_throttle_off_bus_and_ecc_storm_raise_their_alerts(
             delay_s = (seen[(kind, device)].ts_ns - start_ns) / 1e9 - at_s
             assert 0 <= delay_s <= 5, (kind, device, delay_s)
         assert "HW thermal slowdown" in seen[("thermal", "node1/gpu3")].reason
+        # v2: every alert names the cluster the worker group serves.
+        assert {(a.v, a.cluster) for a in seen.values()} == {(2, settings.worker.cluster)}
         # The batch's InfluxDB write follows its Kafka sends: poll for it.
         deadline = time.monotonic() + 30
         result: dict[str, object] = {}

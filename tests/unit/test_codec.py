@@ -32,6 +32,7 @@ from accelpilot.schemas import (
     samples,
     signing_bytes,
 )
+from accelpilot.schemas.codec import versions_of
 from accelpilot.schemas.topics import ALL_TOPICS, PAYLOAD_TYPES
 
 # -- strategies ---------------------------------------------------------------------------------
@@ -85,7 +86,10 @@ STRATEGIES: dict[type[msgspec.Struct], st.SearchStrategy[Any]] = {
     Alert: st.builds(
         Alert, id=text, kind=text, severity=literal(alerts.Severity),
         state=literal(alerts.AlertState), host_id=text, device_id=opt(text), ts_ns=ts,
-        started_ts_ns=ts, metric=opt(text), reason=text, evidence=evidence,
+        started_ts_ns=ts, metric=opt(text), reason=text, evidence=evidence, cluster=opt(text),
+    ) | st.builds(  # a v1 alert (no cluster), still read
+        Alert, v=st.just(1), id=text, kind=text, severity=literal(alerts.Severity),
+        state=literal(alerts.AlertState), host_id=text, ts_ns=ts, started_ts_ns=ts, reason=text,
     ),
     Action: st.builds(
         Action, action_id=text, host_id=text, seq=i64, kind=literal(actions.ActionKind),
@@ -175,7 +179,7 @@ def test_one_field_replaced_by_any_json(topic: str, data: st.DataObject, value: 
     except SchemaError:
         return
     assert isinstance(decoded, kind)
-    assert decoded.v == 1
+    assert decoded.v in versions_of(kind)
 
 
 def test_deeply_nested_json_is_a_schema_error() -> None:
@@ -195,10 +199,11 @@ def test_reasons_for_not_json_and_wrong_shape() -> None:
 
 # -- versions -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("topic", ALL_TOPICS)
-@pytest.mark.parametrize("v", [0, 2, 17])
+@pytest.mark.parametrize("which", ["zero", "next", "far"])
 @pytest.mark.parametrize("change", ["none", "unknown-field", "missing-field", "wrong-type"])
-def test_other_versions_are_unsupported(topic: str, v: int, change: str) -> None:
+def test_other_versions_are_unsupported(topic: str, which: str, change: str) -> None:
     kind = PAYLOAD_TYPES[topic]
+    v = {"zero": 0, "next": max(versions_of(kind)) + 1, "far": 17}[which]
     doc = as_dict(EXAMPLES[kind])
     doc["v"] = v
     first_required = next(f.encode_name for f in msgspec.structs.fields(kind) if f.required)
@@ -214,10 +219,29 @@ def test_other_versions_are_unsupported(topic: str, v: int, change: str) -> None
     assert f"v={v}" in err.value.detail
 
 
-def test_absent_version_reads_as_v1() -> None:
-    doc = as_dict(EXAMPLES[Alert])
+@pytest.mark.parametrize("topic", ALL_TOPICS)
+def test_absent_version_reads_as_the_newest(topic: str) -> None:
+    # v1 for every payload but Alert, whose v2 reads every v1 alert the same way.
+    kind = PAYLOAD_TYPES[topic]
+    doc = as_dict(EXAMPLES[kind])
     del doc["v"]
-    assert decode(Alert, json.dumps(doc).encode()).v == 1
+    assert decode(kind, json.dumps(doc).encode()).v == versions_of(kind)[-1]
+    assert versions_of(kind) == ((1, 2) if kind is Alert else (1,))
+
+
+def test_alert_v1_is_read_and_v2_carries_the_cluster() -> None:
+    v2 = msgspec.structs.replace(EXAMPLES[Alert], cluster="eu-1")
+    assert decode(Alert, encode(v2)).cluster == "eu-1"
+    doc = as_dict(v2)
+    doc["v"] = 1
+    del doc["cluster"]
+    old = decode(Alert, json.dumps(doc).encode())
+    assert (old.v, old.cluster) == (1, None)
+    doc["cluster"] = "eu-1"  # not a v1 field
+    with pytest.raises(DecodeError) as err:
+        decode(Alert, json.dumps(doc).encode())
+    assert err.value.reason == "schema"
+    assert "v1 alert has no 'cluster'" in err.value.detail
 
 
 # -- error details name the field ---------------------------------------------------------------

@@ -39,6 +39,7 @@ GRAFANA_BODY: dict[str, Any] = {
                 "device": "node1/gpu3",
                 "kind": "thermal",
                 "severity": "critical",
+                "cluster": "eu-west",
                 "team": "accelpilot",
             },
             "annotations": {"summary": "node1/gpu3 above 85 degC"},
@@ -84,6 +85,7 @@ def test_the_documented_body_maps_to_fleet_alerts() -> None:
     assert hot.ts_ns == hot.started_ts_ns == 1634025063157076000
     assert hot.reason == "Grafana: Device too hot: node1/gpu3 above 85 degC"
     assert hot.evidence == {"B": 91.25, "C": 1.0}
+    assert hot.cluster == "eu-west"  # our rules group by cluster: the label names it
     # No kind label: the alert name; unknown severity: warning; resolved: stamped at endsAt.
     assert (silent.kind, silent.severity, silent.state) == (
         "collector_silent",
@@ -95,6 +97,7 @@ def test_the_documented_body_maps_to_fleet_alerts() -> None:
     assert silent.ts_ns == 1634031900 * 10**9
     assert silent.reason == "Grafana: Collector silent: node2 sent no samples for 2 minutes"
     assert silent.evidence == {"B": 0.0}
+    assert silent.cluster is None  # no cluster label
 
 
 def test_our_rules_label_their_kind_for_the_mapping() -> None:

@@ -13,6 +13,7 @@ import pytest
 import accelpilot.streams.ingest
 from accelpilot.config import WorkerSettings
 from accelpilot.schemas import SUPPORTED_VERSION, codec
+from accelpilot.schemas.codec import versions_of
 from accelpilot.schemas.metrics import METRICS
 from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import PAYLOAD_TYPES
@@ -109,8 +110,17 @@ def test_every_field_is_documented_in_its_topic(topic: str, struct: type[msgspec
 def test_topics_table() -> None:
     (table,) = tables_with("Topic")
     documented = {row[0]: (row[2], row[3]) for row in table.rows}
-    assert documented == {f"`{topic}`": (f"`{kind.__name__}`", str(SUPPORTED_VERSION))
+    assert documented == {f"`{topic}`": (f"`{kind.__name__}`", _version_cell(kind))
                           for topic, kind in PAYLOAD_TYPES.items()}
+
+
+def _version_cell(kind: type[msgspec.Struct]) -> str:
+    """"1", or "2 (reads 1, 2)": the version written, then those read if there are more."""
+    versions = versions_of(kind)
+    written = str(versions[-1])
+    return written if versions == (SUPPORTED_VERSION,) else (
+        f"{written} (reads {', '.join(map(str, versions))})"
+    )
 
 
 def test_every_metric_with_unit_and_bounds() -> None:

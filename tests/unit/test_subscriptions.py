@@ -58,6 +58,7 @@ def make_alert(
     device: str | None = "gpu0",
     reason: str = "temperature above limit",
     evidence: dict[str, float] | None = None,
+    cluster: str | None = None,
 ) -> Alert:
     return Alert(
         id=aid,
@@ -71,6 +72,7 @@ def make_alert(
         metric="temp_c",
         reason=reason,
         evidence={"temp_c": 93.5, "limit_c": 90.0} if evidence is None else evidence,
+        cluster=cluster,
     )
 
 
@@ -179,6 +181,10 @@ def notifier(store: SubscriptionStore, **kw: Any) -> tuple[Notifier, Clock, Fake
         ({"device_glob": "*1"}, make_alert("a", device="gpu0"), False),
         ({"device_glob": "*1"}, make_alert("a", device=None), False),  # host-wide alert
         ({"device_glob": "*"}, make_alert("a", device=None), True),
+        ({"cluster_glob": "eu-*"}, make_alert("a", cluster="eu-west"), True),
+        ({"cluster_glob": "eu-*"}, make_alert("a", cluster="us-east"), False),
+        ({"cluster_glob": "eu-*"}, make_alert("a", cluster=None), False),  # a v1 alert
+        ({"cluster_glob": "*"}, make_alert("a", cluster=None), True),
         ({"kinds": ["thermal", "power"]}, make_alert("a", kind="power"), True),
         ({"kinds": ["thermal", "power"]}, make_alert("a", kind="ecc"), False),
         ({"kinds": []}, make_alert("a", kind="ecc"), True),
@@ -566,6 +572,21 @@ def test_email_has_a_telling_subject_and_every_reason_and_evidence() -> None:
     assert body.count("evidence: temp_c=93.5, limit_c=90") == 3
     assert "[CRITICAL] thermal firing on gpu-a1/gpu1" in body
     assert "[WARNING] power firing on gpu-a2\n" in body
+
+
+def test_messages_and_descriptions_name_the_cluster() -> None:
+    alert = make_alert("c1", severity="critical", host="gpu-a1", device="gpu1", cluster="eu-west")
+    slack = json.loads(render_slack(webhook(fmt="slack"), [alert], "d"))["blocks"][1]
+    assert "on *gpu-a1/gpu1 in eu-west*" in slack["text"]["text"]
+    sub = Subscription.create(
+        name="mail",
+        destination={"type": "email", "to": ["a@x.org"], "smtp_host": "s"},
+        filters={"cluster_glob": "eu-*"},
+    )
+    assert isinstance(sub.destination, EmailDestination)
+    body = render_email(sub, sub.destination, [alert], "d").get_content()
+    assert "[CRITICAL] thermal firing on gpu-a1/gpu1 in eu-west" in body
+    assert "cluster eu-*" in sub.describe()
 
 
 def test_email_delivery_uses_starttls_and_login_and_gives_up_on_refused_login(
