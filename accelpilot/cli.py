@@ -202,6 +202,13 @@ def console(
     hosts: Annotated[
         str | None, typer.Option(help="With --key: comma-separated hosts to steer.")
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Show only this cluster's points (the worker group's worker.cluster); "
+            "default: every point of the database."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """The console over the real pipeline's InfluxDB: read-only, or with --key the power-cap
@@ -218,6 +225,7 @@ def console(
         key_path=key.expanduser() if key is not None else None,
         scenario=load_demo_scenario(scenario) if scenario is not None else None,
         hosts=hosts.split(",") if hosts else None,
+        cluster=cluster,
     )
 
 

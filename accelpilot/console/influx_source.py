@@ -51,15 +51,26 @@ def _rows(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class InfluxSource:
-    """:class:`~accelpilot.console.source.ConsoleSource` over the worker's InfluxDB database."""
+    """:class:`~accelpilot.console.source.ConsoleSource` over the worker's InfluxDB database;
+    with ``cluster``, only the points of that cluster (tag ``cluster``, the worker group's
+    ``worker.cluster``), else every point of the database."""
 
-    def __init__(self, url: str, database: str, *, query: Query | None = None) -> None:
+    def __init__(
+        self, url: str, database: str, *, cluster: str | None = None, query: Query | None = None
+    ) -> None:
         self.url = url
         self.database = database
+        self.cluster = cluster
         self._query: Query = query or (lambda q: influxql(url, q, database))
 
+    def _where(self, *conditions: str) -> str:
+        """`` WHERE a AND b`` with this source's cluster condition, or "" for none."""
+        if self.cluster is not None:
+            conditions = (f'"cluster" = {literal(self.cluster)}', *conditions)
+        return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
     def newest_ts_ns(self) -> int | None:
-        rows = _rows(self._query('SELECT last("seq") FROM "device_sample"'))
+        rows = _rows(self._query(f'SELECT last("seq") FROM "device_sample"{self._where()}'))
         return int(rows[0]["time"]) if rows else None
 
     def _window(self, seconds: float) -> tuple[int, int] | None:
@@ -75,8 +86,12 @@ class InfluxSource:
         fields = ", ".join(f'"{m}"' for m in CHART_METRICS)
         rows = _rows(
             self._query(
-                f'SELECT {fields} FROM "device_sample" WHERE "device" = {literal(device_id)} '
-                f"AND time > {window[0]} AND time <= {window[1]}"
+                f'SELECT {fields} FROM "device_sample"'
+                + self._where(
+                    f'"device" = {literal(device_id)}',
+                    f"time > {window[0]}",
+                    f"time <= {window[1]}",
+                )
             )
         )
         return _columns([[r["time"], *(r.get(m) for m in CHART_METRICS)] for r in rows])
@@ -92,8 +107,11 @@ class InfluxSource:
         )
         rows = _rows(
             self._query(
-                f'SELECT {fields} FROM "device_sample" WHERE "host" = {literal(host_id)} '
-                f"AND time > {window[0]} AND time <= {window[1]} GROUP BY time(1s) fill(none)"
+                f'SELECT {fields} FROM "device_sample"'
+                + self._where(
+                    f'"host" = {literal(host_id)}', f"time > {window[0]}", f"time <= {window[1]}"
+                )
+                + " GROUP BY time(1s) fill(none)"
             )
         )
         return _columns([[r["time"], *(r.get(m) for m in CHART_METRICS)] for r in rows])
@@ -105,8 +123,9 @@ class InfluxSource:
         fields = ", ".join(f'last("{m}") AS "{m}"' for m in CHART_METRICS)
         rows = _rows(
             self._query(
-                f'SELECT {fields} FROM "device_sample" WHERE time > {newest - LATEST_WINDOW_NS} '
-                f'AND time <= {newest} GROUP BY "device", "host", "kind"'
+                f'SELECT {fields} FROM "device_sample"'
+                + self._where(f"time > {newest - LATEST_WINDOW_NS}", f"time <= {newest}")
+                + ' GROUP BY "device", "host", "kind"'
             )
         )
         return {
@@ -121,7 +140,9 @@ class InfluxSource:
 
     def alerts(self, limit: int) -> list[Alert]:
         rows = _rows(
-            self._query(f'SELECT * FROM "alert" ORDER BY time DESC LIMIT {4 * int(limit)}')
+            self._query(
+                f'SELECT * FROM "alert"{self._where()} ORDER BY time DESC LIMIT {4 * int(limit)}'
+            )
         )
         seen: dict[str, Alert] = {}
         for r in rows:
@@ -143,7 +164,11 @@ class InfluxSource:
         return list(seen.values())[:limit]
 
     def anomalies(self, limit: int) -> list[AnomalyScore]:
-        rows = _rows(self._query(f'SELECT * FROM "anomaly" ORDER BY time DESC LIMIT {int(limit)}'))
+        rows = _rows(
+            self._query(
+                f'SELECT * FROM "anomaly"{self._where()} ORDER BY time DESC LIMIT {int(limit)}'
+            )
+        )
         return [
             AnomalyScore(
                 id=r["id"],
@@ -160,12 +185,13 @@ class InfluxSource:
     def aggregates(self, scope: str, key: str, window_s: float, limit: int) -> list[Aggregate]:
         measurement = _AGG_MEASUREMENT[scope]
         tag = "device" if scope == "device" else "host"
-        where = f'"{tag}" = {literal(key)} AND ' if scope != "fleet" else ""
+        keyed = (f'"{tag}" = {literal(key)}',) if scope != "fleet" else ()
         window = f"{int(window_s)}s" if float(window_s).is_integer() else f"{window_s!r}s"
         rows = _rows(
             self._query(
-                f'SELECT * FROM "{measurement}" WHERE {where}"window" = {literal(window)} '
-                f"ORDER BY time DESC LIMIT {int(limit)}"
+                f'SELECT * FROM "{measurement}"'
+                + self._where(*keyed, f'"window" = {literal(window)}')
+                + f" ORDER BY time DESC LIMIT {int(limit)}"
             )
         )
         out = []
@@ -204,7 +230,10 @@ class InfluxSource:
     def actions(self, limit: int) -> list[dict[str, Any]]:
         """Action results, newest first, grouped by action id (the issuer is not stored)."""
         rows = _rows(
-            self._query(f'SELECT * FROM "action_result" ORDER BY time DESC LIMIT {int(limit)}')
+            self._query(
+                f'SELECT * FROM "action_result"{self._where()} '
+                f"ORDER BY time DESC LIMIT {int(limit)}"
+            )
         )
         by_id: dict[str, dict[str, Any]] = {}
         for r in rows:

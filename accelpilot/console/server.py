@@ -55,17 +55,19 @@ def run_pipeline_console(
     key_path: Path | None = None,
     scenario: Scenario | None = None,
     hosts: list[str] | None = None,
+    cluster: str | None = None,
 ) -> None:
     """``accelpilot console``: the console over the real pipeline's InfluxDB until Ctrl-C
-    (uvicorn in the foreground). Read-only without ``key_path``; with it (and the fleet
-    description ``scenario``) its power-cap and load sliders publish signed actions to
-    ``fleet.actions`` on ``settings.kafka``."""
+    (uvicorn in the foreground), of one ``cluster`` (its points' tag) or of every point.
+    Read-only without ``key_path``; with it (and the fleet description ``scenario``) its
+    power-cap and load sliders publish signed actions to ``fleet.actions`` on
+    ``settings.kafka``."""
     from accelpilot.console.app import create_app
     from accelpilot.console.auth import Auth
     from accelpilot.console.influx_source import InfluxSource
 
     auth = Auth.for_bind(host, settings.console.tokens.get_secret_value())
-    source = InfluxSource(settings.influx.url, settings.influx.database)
+    source = InfluxSource(settings.influx.url, settings.influx.database, cluster=cluster)
     steering, publisher = None, None
     if key_path is not None:
         if scenario is None:
@@ -78,6 +80,7 @@ def run_pipeline_console(
         raise ConfigError("--scenario and --hosts are for steering: give --key too")
     app = create_app(None, source, auth, steering)
     db = f"InfluxDB {settings.influx.url} db {settings.influx.database}"
+    db += f", cluster {cluster}" if cluster is not None else ", every cluster"
     if steering is None:
         print(f"console (read-only, {db}): http://{host}:{port}")
     else:

@@ -122,3 +122,35 @@ def test_read_only_console_over_influxdb(service_settings: Settings) -> None:
     assert r.status_code == 409 and "read-only" in r.json()["detail"]
     for path in ("/api/score", "/api/recommendations", "/api/risk", "/api/streams"):
         assert c.get(path).status_code == 409
+
+
+def test_console_of_one_cluster_shows_only_its_points(service_settings: Settings) -> None:
+    settings = service_settings
+    t0 = (time.time_ns() - 600 * 10**9) // 10**9 * 10**9
+    lines: list[str] = []
+    for cluster, host in (("eu-1", "e1"), ("us-1", "u1")):
+        for s in synthetic_samples(host, n_devices=2, n_ticks=5, start_ns=t0):
+            lines += sample_lines(s, cluster=cluster)
+        alert = Alert(
+            id=f"hot-{host}", kind="thermal", severity="warning", state="firing", host_id=host,
+            device_id=f"{host}/gpu0", ts_ns=t0 + 10**9, started_ts_ns=t0, reason="hot",
+            cluster=cluster,
+        )  # fmt: skip
+        lines += alert_lines([alert], cluster=cluster)
+    write(settings, lines)
+    url, db = settings.influx.url, settings.influx.database
+
+    def client(cluster: str | None) -> TestClient:
+        source = InfluxSource(url, db, cluster=cluster)
+        return TestClient(create_app(None, source, Auth.for_bind("127.0.0.1", "")))
+
+    every, eu = client(None), client("eu-1")
+    assert every.get("/api/inventory").json()["hosts"] == ["e1", "u1"]
+    assert eu.get("/api/inventory").json()["hosts"] == ["e1"]
+    assert eu.get("/api/status").json()["devices"] == 2
+    assert [(a["id"], a["cluster"]) for a in eu.get("/api/alerts").json()["alerts"]] == [
+        ("hot-e1", "eu-1")
+    ]
+    hist = eu.get("/api/history/host", params={"host_id": "u1", "seconds": 3600}).json()
+    assert hist["ts_ns"] == []  # another cluster's host: nothing
+    assert client("nowhere").get("/api/status").json()["devices"] == 0
