@@ -45,7 +45,9 @@ one detector call per batch instead of one per host).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +71,8 @@ from accelpilot.detectors.registry import make_detector
 from accelpilot.schemas.alerts import Alert, Severity
 from accelpilot.schemas.anomalies import AnomalyScore
 from accelpilot.schemas.samples import HostSample
+
+log = logging.getLogger(__name__)
 
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
 _THROTTLE_NAMES = {
@@ -418,9 +422,13 @@ class AlertEngine:
             st = self.state
             active = st["firing"][slots] | (st["on"][slots] > 0)
             active |= np.abs(st["aux"][slots]) >= _AUX_AT_REST
-            for r in np.flatnonzero(active.any(axis=1)).tolist():
-                chans = self._device_state(int(slots[r]))
-                devices[known[r]] = {n: cs for n, cs in chans.items() if _active(cs)}
+            rows, chans = np.nonzero(active)
+            if rows.size:
+                values = {f: st[f][slots[rows], chans].tolist() for f in _FIELDS}
+                names = self.channels
+                for k, (r, j) in enumerate(zip(rows.tolist(), chans.tolist(), strict=True)):
+                    cs = _ChannelState(**{f: values[f][k] for f in _FIELDS})
+                    devices.setdefault(known[r], {})[names[j]] = cs
         hosts = {dev: host_id for dev in devices}
         return msgspec.msgpack.encode(_EngineState(devices=devices, hosts=hosts))
 
@@ -448,10 +456,6 @@ class AlertEngine:
                 for f in _FIELDS:
                     self.state[f][slot, j] = getattr(cs, f)
         self._slot_cache.clear()
-
-
-def _active(cs: _ChannelState) -> bool:
-    return cs.firing or cs.on > 0 or abs(cs.aux) >= _AUX_AT_REST
 
 
 #: A smoothed anomaly score below this is taken as 0 in a host's checkpoint (the ``anomaly``
@@ -633,6 +637,15 @@ class _Detectors:
         self.dets: list[BatchDetector] = [
             make_detector(s.detector, capacity, **s.kwargs) for s in self.specs
         ]
+        self.primed = False  # every detector has built its (lazily shaped) arrays
+
+    def prime(self) -> None:
+        """Have every detector build its arrays, with one all-absent call (which learns
+        nothing), so that rows can be put into them before their first sample."""
+        if not self.primed:
+            for det in self.dets:
+                det.update_score(np.full(self.capacity, np.nan), 0, np.zeros(self.capacity, bool))
+            self.primed = True
 
     def grow(self, capacity: int) -> None:
         """Bigger detectors that keep the learned state of the first ``self.capacity`` slots.
@@ -647,6 +660,28 @@ class _Detectors:
             _copy_prefix(old, fresh, self.capacity)
             new.append(fresh)
         self.dets, self.capacity = new, capacity
+        self.primed = True
+
+
+class _SlotRows(msgspec.Struct):
+    """The detectors' rows of some devices (:meth:`DeviceMonitor.host_state`)."""
+
+    specs: list[DetectorSpec]
+    devices: list[str]
+    layout: list[tuple[str, str, list[int]]]  # (array path, dtype, shape of one row)
+    rows: bytes  # float64 (devices, sum of the rows' sizes), C order
+
+
+def _per_slot_arrays(obj: Any, n: int, prefix: str) -> dict[str, tuple[Any, str]]:
+    """The arrays of ``obj`` (and of the objects it holds) whose first axis is ``n`` slots."""
+    found: dict[str, tuple[Any, str]] = {}
+    for k, v in vars(obj).items():
+        if isinstance(v, np.ndarray):
+            if v.ndim and v.shape[0] == n:
+                found[prefix + k] = (obj, k)
+        elif hasattr(v, "__dict__") and not isinstance(v, type):
+            found.update(_per_slot_arrays(v, n, f"{prefix}{k}."))
+    return found
 
 
 def _copy_prefix(old: Any, new: Any, n_old: int) -> None:
@@ -693,13 +728,11 @@ class DeviceMonitor:
 
     # -- layout ------------------------------------------------------------------------------
 
-    def _layout(self, sample: HostSample) -> _Layout:
-        key = (sample.host_id, tuple(sample.device_ids))
-        hit = self._layouts.get(key)
-        if hit is not None:
-            return hit
-        known = self.host_devices.setdefault(sample.host_id, [])
-        for d in sample.device_ids:
+    def _ensure_slots(self, host_id: str, device_ids: Sequence[str]) -> list[str]:
+        """Give the host's new devices their slots (growing the detectors); the host's known
+        devices, in slot order."""
+        known = self.host_devices.setdefault(host_id, [])
+        for d in device_ids:
             if d not in self.slots:
                 self.slots[d] = len(self.slots)
                 known.append(d)
@@ -709,6 +742,14 @@ class DeviceMonitor:
             pad = cap - len(self.power_prev)
             self.power_prev = np.concatenate([self.power_prev, np.full(pad, np.nan)])
             self.power_noise = np.concatenate([self.power_noise, np.zeros(pad)])
+        return known
+
+    def _layout(self, sample: HostSample) -> _Layout:
+        key = (sample.host_id, tuple(sample.device_ids))
+        hit = self._layouts.get(key)
+        if hit is not None:
+            return hit
+        known = self._ensure_slots(sample.host_id, sample.device_ids)
         where = {d: i for i, d in enumerate(known)}
         hit = _Layout(
             list(known),
@@ -852,21 +893,105 @@ class DeviceMonitor:
 
     def host_state(self, host_id: str) -> bytes:
         """What the host's next owner needs to go on detecting it as this monitor would: the
-        alert engine's slice (open episodes) and the failure-risk state of its devices. The
-        detectors themselves are not carried (they re-warm, ~30 samples)."""
-        devices = self.host_devices.get(host_id, [])
-        return msgspec.msgpack.encode(
-            {
-                "engine": self.engine.host_state(host_id, devices),
-                "risk": self.risk.host_state(host_id, devices),
-            }
-        )
+        alert engine's slice (open episodes), the failure-risk state of its devices and the
+        detectors' learned state of its devices (their rows: baselines, warm-up counts)."""
+        return self.host_states([host_id])[host_id]
+
+    def host_states(self, host_ids: Iterable[str]) -> dict[str, bytes]:
+        """:meth:`host_state` of several hosts (the detectors' rows taken in one pass)."""
+        devices = {h: self.host_devices.get(h, []) for h in host_ids}
+        rows = self._detector_rows(devices)
+        return {
+            h: msgspec.msgpack.encode(
+                {
+                    "engine": self.engine.host_state(h, devs),
+                    "risk": self.risk.host_state(h, devs),
+                    "detectors": rows[h],
+                }
+            )
+            for h, devs in devices.items()
+        }
 
     def restore_host(self, host_id: str, state: bytes) -> None:
+        """Put back :meth:`host_state`'s checkpoint of one host (a record written before the
+        detectors' rows were carried has none: those detectors warm up again)."""
         parts = msgspec.msgpack.decode(state, type=dict[str, bytes])
+        if "detectors" in parts:
+            self._restore_detector_rows(host_id, parts["detectors"])
         self.engine.restore_host(host_id, parts["engine"], self.host_devices.get(host_id, []))
         self.risk.restore_host(host_id, parts["risk"])
         self._layouts = {k: v for k, v in self._layouts.items() if k[0] != host_id}
+
+    def _slot_arrays(self) -> dict[str, tuple[Any, str]]:
+        """Every per-device-slot array (first axis = the slot capacity) of the detectors and of
+        this monitor: ``path -> (owner, attribute)``."""
+        n = self.detectors.capacity
+        found = {"power_prev": (self, "power_prev"), "power_noise": (self, "power_noise")}
+        for i, det in enumerate(self.detectors.dets):
+            found.update(_per_slot_arrays(det, n, f"detector{i}."))
+        return found
+
+    def _detector_rows(self, devices: dict[str, list[str]]) -> dict[str, bytes]:
+        """Per host, its devices' rows of every per-slot array, as one float64 matrix (a row
+        per device, the arrays side by side as ``layout`` says)."""
+        arrays = [(path, getattr(*target)) for path, target in self._slot_arrays().items()]
+        layout = [(path, a.dtype.str, list(a.shape[1:])) for path, a in arrays]
+        slots = np.array([self.slots[d] for devs in devices.values() for d in devs], np.int64)
+        columns = [a[slots].reshape(len(slots), math.prod(a.shape[1:])) for _, a in arrays]
+        matrix = np.hstack([c.astype(np.float64) for c in columns])
+        specs, out, start = list(self.detectors.specs), {}, 0
+        for host, devs in devices.items():
+            block = matrix[start : start + len(devs)]
+            start += len(devs)
+            out[host] = msgspec.msgpack.encode(
+                _SlotRows(specs=specs, devices=devs, layout=layout, rows=block.tobytes())
+            )
+        return out
+
+    def _restore_detector_rows(self, host_id: str, raw: bytes) -> None:
+        saved = msgspec.msgpack.decode(raw, type=_SlotRows)
+        if saved.specs != list(self.detectors.specs):
+            log.warning(
+                "%s: detectors configured differently from the record's (%s): they warm up "
+                "again", host_id, ", ".join(f"{s.detector}({s.metric})" for s in saved.specs)
+            )  # fmt: skip
+            return
+        if not saved.devices:
+            return
+        self._ensure_slots(host_id, saved.devices)
+        self.detectors.prime()
+        slots = np.array([self.slots[d] for d in saved.devices], np.int64)
+        width = sum(math.prod(tail) for _, _, tail in saved.layout)
+        if len(saved.rows) != 8 * len(slots) * width:
+            log.warning("%s: detector rows of %d bytes do not match their layout: they warm "
+                        "up again", host_id, len(saved.rows))  # fmt: skip
+            return
+        matrix = np.frombuffer(saved.rows, dtype=np.float64).reshape(len(slots), width)
+        targets, col = self._slot_arrays(), 0
+        # Per owner (a detector, or this monitor): every array of the record fits, or none is
+        # put back (a detector whose arrays take their shape later, or read-only views, warms
+        # up again rather than running on half of its state).
+        by_owner: dict[str, list[tuple[Any, FloatArray]]] = {}
+        for path, dtype, tail in saved.layout:
+            width = math.prod(tail)
+            block, col = matrix[:, col : col + width], col + width
+            target = targets.get(path)
+            arr = None if target is None else getattr(*target)
+            fits = (
+                arr is not None
+                and list(arr.shape[1:]) == tail
+                and arr.dtype.str == dtype
+                and arr.flags.writeable
+            )
+            owner = path.partition(".")[0] if "." in path else ""
+            by_owner.setdefault(owner, []).append((arr if fits else None, block))
+        for owner, parts in by_owner.items():
+            if any(arr is None for arr, _ in parts):
+                log.warning("%s: %s state does not fit this worker's: it warms up again",
+                            host_id, owner or "monitor")  # fmt: skip
+                continue
+            for arr, block in parts:
+                arr[slots] = block.reshape(len(slots), *arr.shape[1:]).astype(arr.dtype)
 
     def get_state(self) -> bytes:
         """msgspec checkpoint of the whole monitor (detector states as their own bytes)."""

@@ -14,10 +14,10 @@ timestamp) make replays idempotent; per host, the end of the last window written
 (streams/host_state.py), so a replay from an offset inside a written window does not rewrite
 it. No exactly_once, no agent concurrency > 1 (faust's open bugs).
 
-Each host's record also carries its detection state (open alert episodes, failure-risk state)
-and the newest sample it reflects: the host's next owner goes on with the same episodes and does
-not detect the replayed samples again. The detectors' own state is not carried: they warm up
-again on the new owner (about 30 samples per device). docs/streams.md, "Checkpointing".
+Each host's record also carries its detection state (open alert episodes, failure-risk state,
+the detectors' learned rows of its devices) and the newest sample it reflects: the host's next
+owner goes on with the same episodes and baselines and does not detect the replayed samples
+again. docs/streams.md, "Checkpointing".
 """
 
 from __future__ import annotations

@@ -126,8 +126,9 @@ class BatchStages:
     def detection_states(self, hosts: Iterable[str]) -> dict[str, tuple[bytes, int]]:
         """Per host of ``hosts`` that detection has seen: its detection state and the newest
         sample time it reflects, for the host's record (streams/host_state.py)."""
-        observed, state = self.observed_ns, self.monitor.host_state
-        return {h: (state(h), observed[h]) for h in hosts if h in observed}
+        observed = self.observed_ns
+        states = self.monitor.host_states([h for h in hosts if h in observed])
+        return {h: (state, observed[h]) for h, state in states.items()}
 
     def run(self, raws: Sequence[bytes], tokens: Sequence[Any], now_ns: int) -> BatchOutput:
         """Both steps at once (see :meth:`detect` and :meth:`aggregate`)."""

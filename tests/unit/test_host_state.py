@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -151,3 +152,99 @@ def test_an_open_alert_episode_moves_with_the_host_record() -> None:
     cold = BatchStages(w, clock=lambda: now).run(raws[35:], list(range(35, 80)), now)
     again = [a for a in cold.alerts if a.kind == "thermal" and a.state == "firing"]
     assert again and again[0].id != fired[0].id
+
+
+@pytest.mark.parametrize("new_owner", ["fresh", "running"])
+@pytest.mark.parametrize("detector", ["robust", "novelty"])
+def test_the_detectors_learned_state_moves_with_the_host_record(
+    new_owner: str, detector: str
+) -> None:
+    """A host handed over after 60 samples: its new owner (a worker that has seen nothing yet,
+    or one whose slots are laid out differently) scores the next samples exactly as the old
+    owner does, a power spike 5 samples after the handover included; a monitor starting cold
+    is still warming up and misses it."""
+    from accelpilot.streams.alerting import DetectorSpec, DeviceMonitor
+
+    specs = (DetectorSpec("power_w", detector), DetectorSpec("temp_c"))
+    samples = list(synthetic_samples("h1", n_devices=3, n_ticks=80, start_ns=T0))
+    spike = samples[65]
+    power = list(spike.metrics["power_w"])
+    power[1] = power[1] * 3 + 200.0
+    samples[65] = msgspec.structs.replace(spike, metrics={**spike.metrics, "power_w": power})
+    old = DeviceMonitor(specs)
+    for s in samples[:60]:
+        old.observe(s)
+    new, cold = DeviceMonitor(specs), DeviceMonitor(specs)
+    if new_owner == "running":
+        for other in synthetic_samples("h0", n_devices=5, n_ticks=3, start_ns=T0):
+            new.observe(other)  # h1's devices get other slots here
+    new.restore_host("h1", old.host_state("h1"))
+
+    def scores(mon: DeviceMonitor) -> list[tuple[str, str, int, float]]:
+        got = []
+        for s in samples[60:]:
+            anomalies, _ = mon.observe(s)
+            got += [(a.detector, a.device_id, a.ts_ns, round(a.score, 12)) for a in anomalies]
+        return got
+
+    expected = scores(old)
+    assert scores(new) == expected
+    # Beyond what is reported: every learned number of h1's devices is the old owner's.
+    rows_old = old.host_states(["h1"])["h1"]
+    assert msgspec.msgpack.decode(new.host_states(["h1"])["h1"]) == msgspec.msgpack.decode(rows_old)
+    if detector == "robust":  # (novelty is still in its probation at 65 samples)
+        assert any(dev == "h1/gpu1" and ts == samples[65].ts_ns for _, dev, ts, _ in expected)
+        assert not any(ts == samples[65].ts_ns for _, _, ts, _ in scores(cold))
+
+
+def test_a_record_of_other_detectors_leaves_them_to_warm_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from accelpilot.streams.alerting import DetectorSpec, DeviceMonitor
+
+    samples = list(synthetic_samples("h1", n_devices=2, n_ticks=40, start_ns=T0))
+    old = DeviceMonitor()
+    for s in samples:
+        old.observe(s)
+    other = DeviceMonitor(detectors=(DetectorSpec("temp_c"),))
+    with caplog.at_level("WARNING", logger="accelpilot.streams.alerting"):
+        other.restore_host("h1", old.host_state("h1"))
+    assert "h1: detectors configured differently" in caplog.text
+    other.observe(samples[-1])
+    slots = [other.slots[d] for d in samples[0].device_ids]
+    assert other.detectors.dets[0].stats.count[slots].max() == 1  # one sample: warming up
+
+
+def test_a_detector_whose_state_does_not_fit_gets_none_of_it() -> None:
+    """All of a detector's rows, or none: one array of the new owner's power detector that
+    cannot take them (here: read-only) leaves that whole detector to warm up, while the
+    temperature detector beside it gets its rows."""
+    from accelpilot.streams.alerting import DeviceMonitor
+
+    samples = list(synthetic_samples("h1", n_devices=2, n_ticks=40, start_ns=T0))
+    old, new = DeviceMonitor(), DeviceMonitor()
+    for s in samples:
+        old.observe(s)
+    new.observe(samples[0])
+    new.detectors.prime()  # (restore_host would: its all-absent call makes new arrays)
+    power_new, temp_new = new.detectors.dets[:2]
+    power_old, temp_old = old.detectors.dets[:2]
+    before = power_new.stats.loc.copy()
+    power_new.stats.count.flags.writeable = False
+    new.restore_host("h1", old.host_state("h1"))
+    so = [old.slots[d] for d in samples[0].device_ids]
+    sn = [new.slots[d] for d in samples[0].device_ids]
+    assert (temp_new.stats.loc[sn] == temp_old.stats.loc[so]).all()
+    assert (power_new.stats.loc == before).all()
+    assert not (power_new.stats.loc[sn] == power_old.stats.loc[so]).all()
+
+
+def test_host_states_of_no_host_or_an_unknown_one() -> None:
+    from accelpilot.streams.alerting import DeviceMonitor
+
+    mon = DeviceMonitor()
+    assert mon.host_states([]) == {}
+    state = mon.host_states(["never-seen"])["never-seen"]
+    fresh = DeviceMonitor()
+    fresh.restore_host("never-seen", state)  # nothing to put back, nothing breaks
+    assert fresh.host_devices.get("never-seen", []) == []
