@@ -35,6 +35,7 @@ Mask = NDArray[np.bool_]
 
 PARK = -1  # configuration code: device in standby
 DOWN = -2  # device cannot work this tick (off the bus, waking): draws idle_w
+IDLE = -3  # device kept awake without work (TickModel.awake): draws idle_w, never a share sink
 MAX_CONFIGS = 4096
 BETA_MAX = 1.0 - 1e-6
 SLO_MARGIN = 1e-6  # relative: served ≥ slo·(1 + margin) so rounding never reads as a violation
@@ -51,7 +52,8 @@ class TickModel:
     it must be served). Per device: ``rate_factor`` (1, or 0.8 in an ECC storm), ``fixed_cap_w``
     (NaN = free; ``min_cap_w`` while thermally throttled, ``tdp_w`` for a device pinned by the
     safety envelope), ``down`` (cannot work, draws ``idle_w``: off the bus or waking) and
-    ``parked`` (in standby and staying there this tick).
+    ``parked`` (in standby and staying there this tick); ``awake`` (optional): devices that
+    must not be parked this tick (a policy keeps them for headroom), so they work or idle.
     """
 
     util: Array
@@ -62,9 +64,10 @@ class TickModel:
     fixed_cap_w: Array
     down: Mask
     parked: Mask
+    awake: Mask | None = None
 
     def key(self) -> bytes:
-        parts = (
+        parts: tuple[NDArray[np.generic], ...] = (
             self.util,
             self.beta,
             self.demand_rate,
@@ -74,6 +77,8 @@ class TickModel:
             self.down,
             self.parked,
         )
+        if self.awake is not None:
+            parts = (*parts, self.awake)
         return b"|".join(np.ascontiguousarray(p).tobytes() for p in parts)
 
 
@@ -132,7 +137,8 @@ def _options(facts: FleetFacts, m: TickModel) -> list[tuple[int, ...]]:
             out.append((PARK,))
         else:
             streams = [s for s in range(facts.n_streams) if active[s] and facts.membership[s, d]]
-            out.append((PARK, *streams))
+            keep = m.awake is not None and bool(m.awake[d])
+            out.append((IDLE if keep else PARK, *streams))
     return out
 
 

@@ -4,6 +4,7 @@ the SLO when the SLO is feasible, and it reports which method it used."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from accelpilot.optimizer.generate import generate
 from accelpilot.optimizer.oracle import OraclePolicy, true_model
 from accelpilot.optimizer.scenario import parse_scenario
 from accelpilot.optimizer.simulator import FleetSimulator
-from accelpilot.optimizer.solver import solve
+from accelpilot.optimizer.solver import IDLE, solve
 
 
 def _scenario(devices: list[dict[str, Any]], streams: list[dict[str, Any]], **obj: Any):
@@ -166,3 +167,30 @@ def test_oracle_reports_its_method() -> None:
     small = OraclePolicy(sc, max_configs=1)
     run_policy(sc, small)
     assert small.methods == {"local-search"}
+
+
+def test_a_device_kept_awake_is_never_the_sink_of_a_dropped_share() -> None:
+    # generated-302's stream2 in small: a TPU at min_cap_w covers the SLO, the CPU is not worth
+    # using; the plan serves less than the demand and drops the rest on the parked CPU. A policy
+    # that keeps the CPU awake (headroom) must re-plan with ``awake``, or the CPU serves it.
+    tpu = {**_dev(0, 40, 250, 120, 420.0), "kind": "tpu"}
+    cpu = {**_dev(1, 80, 350, 150, 90.0), "kind": "cpu"}
+    phase = {"at_s": 0, "beta": 0.137, "util": 0.664}
+    stream = {"id": "s", "demand_rate": 305.3, "devices": ["d0", "d1"], "phases": [phase]}
+    sc = _scenario([tpu, cpu], [stream], ms=1.2)
+    facts = FleetFacts.from_scenario(sc)
+    c = FleetSimulator(sc).conditions()
+    model = true_model(
+        facts, c.util, c.beta, c.demand_rate, c.slo_rate, c.ecc_storm, c.throttle, c.off_bus
+    )
+    first = solve(facts, model)
+    assert first.standby[1] and first.weights[0, 1] > 0  # the dropped share's sink
+    kept = solve(facts, replace(model, awake=np.array([False, True])))
+    assert not kept.standby.any() and kept.assign[1] == IDLE and kept.weights[0, 1] == 0
+
+    def j_per_unit(weights: np.ndarray) -> float:
+        truth = FleetSimulator(sc).step(first.caps_w, weights, [False, False]).truth
+        assert not truth.slo_violated.any()
+        return float(truth.power_w.sum() / truth.served_rate.sum())
+
+    assert j_per_unit(kept.weights) < 0.95 * j_per_unit(first.weights)  # 0.774 vs 0.860
