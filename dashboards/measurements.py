@@ -50,9 +50,7 @@ def unique_offset_ns(action_id: str) -> int:
     return zlib.crc32(action_id.encode()) % 1_000_000
 
 
-def action_result_lines(
-    results: Iterable[tuple[ActionResult, str]], *, cluster: str
-) -> list[str]:
+def action_result_lines(results: Iterable[tuple[ActionResult, str]], *, cluster: str) -> list[str]:
     """One point per ``(result, action_kind)`` (the kind lives on the action, not the result)."""
     series = f"{ACTION_RESULT_MEASUREMENT},cluster={escape_tag(cluster)},host="
     lines = []

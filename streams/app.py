@@ -38,6 +38,7 @@ from accelpilot.streams.rollups import ROLLUP_INPUT, RollupLoop, rollup_input_to
 
 log = logging.getLogger(__name__)
 
+
 def make_app(settings: Settings) -> faust.App:
     w = settings.worker
     w.data_dir.mkdir(parents=True, exist_ok=True)

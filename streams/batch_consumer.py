@@ -115,6 +115,7 @@ class BatchConsumer:
         """Batches of ``(token, record)`` in each partition's order; an empty list when nothing
         arrived within ``within_s`` (so the caller's clock-driven work still runs)."""
         consumer, ledger, batch_max = self._started, self.ledger, self.batch_max
+
         def tokens(data: dict[Any, list[Any]]) -> list[tuple[Token, Any]]:
             # Taken as soon as getmany returns (no await in between): a token's generation is
             # the assignment its record was fetched under.

@@ -130,9 +130,7 @@ class IngestLoop:
             on_assigned=self._on_assigned,
             on_revoked=self._on_revoked,
         )
-        self.state = HostStateReader(
-            settings.kafka.bootstrap_servers, topics.host_state
-        )
+        self.state = HostStateReader(settings.kafka.bootstrap_servers, topics.host_state)
         self._effects: asyncio.Queue[_Effects] = asyncio.Queue(maxsize=IN_FLIGHT_BATCHES)
         self._batch_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []

@@ -52,84 +52,202 @@ def literal(alias: Any) -> st.SearchStrategy[str]:
 
 
 def device_event() -> st.SearchStrategy[DeviceEvent]:
-    return st.builds(DeviceEvent, device_id=text, kind=literal(samples.EventKind), code=i64,
-                     ts_ns=ts, detail=text)
+    return st.builds(
+        DeviceEvent,
+        device_id=text,
+        kind=literal(samples.EventKind),
+        code=i64,
+        ts_ns=ts,
+        detail=text,
+    )
 
 
 def agent_health() -> st.SearchStrategy[AgentHealth]:
-    return st.builds(AgentHealth, buffer_depth=i64, oldest_buffered_ts_ns=opt(ts),
-                     dropped_total=i64)
+    return st.builds(
+        AgentHealth, buffer_depth=i64, oldest_buffered_ts_ns=opt(ts), dropped_total=i64
+    )
 
 
 def metric_stats() -> st.SearchStrategy[MetricStats]:
-    return st.builds(MetricStats, min=finite, max=finite, mean=finite, p95=finite, last=finite,
-                     count=i64)
+    return st.builds(
+        MetricStats, min=finite, max=finite, mean=finite, p95=finite, last=finite, count=i64
+    )
 
 
 STRATEGIES: dict[type[msgspec.Struct], st.SearchStrategy[Any]] = {
     HostSample: st.builds(
-        HostSample, host_id=text, ts_ns=ts, seq=i64, interval_s=finite,
+        HostSample,
+        host_id=text,
+        ts_ns=ts,
+        seq=i64,
+        interval_s=finite,
         device_ids=st.lists(text, max_size=4),
         device_kinds=st.lists(literal(samples.DeviceKind), max_size=4),
         metrics=st.dictionaries(text, st.lists(opt(finite), max_size=4), max_size=4),
-        events=st.lists(device_event(), max_size=3), agent=opt(agent_health()),
+        events=st.lists(device_event(), max_size=3),
+        agent=opt(agent_health()),
     ),
     Aggregate: st.builds(
-        Aggregate, scope=literal(aggregates.Scope), key=text, host_id=opt(text), window_s=finite,
-        window_start_ns=ts, window_end_ns=ts, sample_count=i64, gap_count=i64,
-        energy_j=opt(finite), metrics=st.dictionaries(text, metric_stats(), max_size=3),
+        Aggregate,
+        scope=literal(aggregates.Scope),
+        key=text,
+        host_id=opt(text),
+        window_s=finite,
+        window_start_ns=ts,
+        window_end_ns=ts,
+        sample_count=i64,
+        gap_count=i64,
+        energy_j=opt(finite),
+        metrics=st.dictionaries(text, metric_stats(), max_size=3),
     ),
     AnomalyScore: st.builds(
-        AnomalyScore, id=text, host_id=text, device_id=text, ts_ns=ts, detector=text,
-        score=finite, metric=opt(text), evidence=evidence,
+        AnomalyScore,
+        id=text,
+        host_id=text,
+        device_id=text,
+        ts_ns=ts,
+        detector=text,
+        score=finite,
+        metric=opt(text),
+        evidence=evidence,
     ),
     Alert: st.builds(
-        Alert, id=text, kind=text, severity=literal(alerts.Severity),
-        state=literal(alerts.AlertState), host_id=text, device_id=opt(text), ts_ns=ts,
-        started_ts_ns=ts, metric=opt(text), reason=text, evidence=evidence, cluster=opt(text),
-    ) | st.builds(  # a v1 alert (no cluster), still read
-        Alert, v=st.just(1), id=text, kind=text, severity=literal(alerts.Severity),
-        state=literal(alerts.AlertState), host_id=text, ts_ns=ts, started_ts_ns=ts, reason=text,
+        Alert,
+        id=text,
+        kind=text,
+        severity=literal(alerts.Severity),
+        state=literal(alerts.AlertState),
+        host_id=text,
+        device_id=opt(text),
+        ts_ns=ts,
+        started_ts_ns=ts,
+        metric=opt(text),
+        reason=text,
+        evidence=evidence,
+        cluster=opt(text),
+    )
+    | st.builds(  # a v1 alert (no cluster), still read
+        Alert,
+        v=st.just(1),
+        id=text,
+        kind=text,
+        severity=literal(alerts.Severity),
+        state=literal(alerts.AlertState),
+        host_id=text,
+        ts_ns=ts,
+        started_ts_ns=ts,
+        reason=text,
     ),
     Action: st.builds(
-        Action, action_id=text, host_id=text, seq=i64, kind=literal(actions.ActionKind),
-        device_id=opt(text), cap_w=opt(finite), stream_id=opt(text), weights=opt(evidence),
-        issued_ts_ns=ts, expires_ts_ns=ts, issuer=text, mode=literal(actions.ActionMode),
-        reason=text, key_id=text, signature=st.binary(max_size=64),
+        Action,
+        action_id=text,
+        host_id=text,
+        seq=i64,
+        kind=literal(actions.ActionKind),
+        device_id=opt(text),
+        cap_w=opt(finite),
+        stream_id=opt(text),
+        weights=opt(evidence),
+        issued_ts_ns=ts,
+        expires_ts_ns=ts,
+        issuer=text,
+        mode=literal(actions.ActionMode),
+        reason=text,
+        key_id=text,
+        signature=st.binary(max_size=64),
     ),
     ActionResult: st.builds(
-        ActionResult, action_id=text, host_id=text, device_id=opt(text), ts_ns=ts,
-        outcome=literal(action_results.Outcome), reason=text, previous_cap_w=opt(finite),
-        new_cap_w=opt(finite), audit_hash=text,
+        ActionResult,
+        action_id=text,
+        host_id=text,
+        device_id=opt(text),
+        ts_ns=ts,
+        outcome=literal(action_results.Outcome),
+        reason=text,
+        previous_cap_w=opt(finite),
+        new_cap_w=opt(finite),
+        audit_hash=text,
     ),
     DeadLetter: st.builds(
-        DeadLetter, source_topic=text, partition=i64, offset=i64, key=opt(st.binary()),
-        original=st.binary(), reason=text, detail=text, rejected_ts_ns=ts, stage=text,
+        DeadLetter,
+        source_topic=text,
+        partition=i64,
+        offset=i64,
+        key=opt(st.binary()),
+        original=st.binary(),
+        reason=text,
+        detail=text,
+        rejected_ts_ns=ts,
+        stage=text,
     ),
 }
 
 # One small valid instance per payload type, for the example-based tests.
 EXAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
     HostSample: HostSample(
-        host_id="h1", ts_ns=1_700_000_000_000_000_000, seq=3, interval_s=1.0,
-        device_ids=["h1/gpu0"], device_kinds=["gpu"], metrics={"power_w": [300.0]},
+        host_id="h1",
+        ts_ns=1_700_000_000_000_000_000,
+        seq=3,
+        interval_s=1.0,
+        device_ids=["h1/gpu0"],
+        device_kinds=["gpu"],
+        metrics={"power_w": [300.0]},
         events=[DeviceEvent(device_id="h1/gpu0", kind="xid", code=79, ts_ns=1)],
         agent=AgentHealth(buffer_depth=2),
     ),
     Aggregate: Aggregate(
-        scope="host", key="h1", host_id="h1", window_s=10.0, window_start_ns=0,
-        window_end_ns=10, sample_count=10, gap_count=0, energy_j=3000.0,
+        scope="host",
+        key="h1",
+        host_id="h1",
+        window_s=10.0,
+        window_start_ns=0,
+        window_end_ns=10,
+        sample_count=10,
+        gap_count=0,
+        energy_j=3000.0,
         metrics={"power_w": MetricStats(min=1.0, max=2.0, mean=1.5, p95=2.0, last=2.0, count=10)},
     ),
-    AnomalyScore: AnomalyScore(id="x", host_id="h1", device_id="h1/gpu0", ts_ns=1,
-                               detector="zscore", score=0.9, evidence={"z": 4.0}),
-    Alert: Alert(id="x", kind="hot", severity="warning", state="firing", host_id="h1", ts_ns=2,
-                 started_ts_ns=1, reason="temp_c above 90"),
-    Action: Action(action_id="a", host_id="h1", seq=1, kind="park", issued_ts_ns=1,
-                   expires_ts_ns=2, issuer="optimizer", key_id="k1", signature=b"s"),
+    AnomalyScore: AnomalyScore(
+        id="x",
+        host_id="h1",
+        device_id="h1/gpu0",
+        ts_ns=1,
+        detector="zscore",
+        score=0.9,
+        evidence={"z": 4.0},
+    ),
+    Alert: Alert(
+        id="x",
+        kind="hot",
+        severity="warning",
+        state="firing",
+        host_id="h1",
+        ts_ns=2,
+        started_ts_ns=1,
+        reason="temp_c above 90",
+    ),
+    Action: Action(
+        action_id="a",
+        host_id="h1",
+        seq=1,
+        kind="park",
+        issued_ts_ns=1,
+        expires_ts_ns=2,
+        issuer="optimizer",
+        key_id="k1",
+        signature=b"s",
+    ),
     ActionResult: ActionResult(action_id="a", host_id="h1", ts_ns=1, outcome="dry_run"),
-    DeadLetter: DeadLetter(source_topic="telemetry.samples", partition=0, offset=7, key=b"h1",
-                           original=b"{", reason="not-json", rejected_ts_ns=1, stage="ingest"),
+    DeadLetter: DeadLetter(
+        source_topic="telemetry.samples",
+        partition=0,
+        offset=7,
+        key=b"h1",
+        original=b"{",
+        reason="not-json",
+        rejected_ts_ns=1,
+        stage="ingest",
+    ),
 }
 
 json_values = st.recursive(
@@ -260,12 +378,22 @@ def test_wrong_type_names_the_field(topic: str) -> None:
 @pytest.mark.parametrize(
     ("kind", "patch", "path"),
     [
-        (HostSample, {"events": [{"device_id": "a", "kind": "xid", "code": "x", "ts_ns": 1}]},
-         "$.events[0].code"),
+        (
+            HostSample,
+            {"events": [{"device_id": "a", "kind": "xid", "code": "x", "ts_ns": 1}]},
+            "$.events[0].code",
+        ),
         (HostSample, {"device_kinds": ["quantum"]}, "$.device_kinds[0]"),
         (HostSample, {"metrics": {"power_w": ["hot"]}}, "$.metrics[...][0]"),
-        (Aggregate, {"metrics": {"power_w": {"min": 1, "max": 2, "mean": 1, "p95": 2, "last": 1,
-                                             "count": 1.5}}}, "$.metrics[...].count"),
+        (
+            Aggregate,
+            {
+                "metrics": {
+                    "power_w": {"min": 1, "max": 2, "mean": 1, "p95": 2, "last": 1, "count": 1.5}
+                }
+            },
+            "$.metrics[...].count",
+        ),
     ],
 )
 def test_nested_wrong_type_names_the_path(kind: type, patch: dict[str, Any], path: str) -> None:
@@ -276,16 +404,36 @@ def test_nested_wrong_type_names_the_path(kind: type, patch: dict[str, Any], pat
 
 
 # -- signing bytes ------------------------------------------------------------------------------
-ACTION = Action(action_id="a-1", host_id="h1", seq=5, kind="set_power_cap", device_id="h1/gpu0",
-                cap_w=450.0, issued_ts_ns=1_700_000_000_000_000_000,
-                expires_ts_ns=1_700_000_030_000_000_000, issuer="optimizer", key_id="k1",
-                signature=b"sig")
+ACTION = Action(
+    action_id="a-1",
+    host_id="h1",
+    seq=5,
+    kind="set_power_cap",
+    device_id="h1/gpu0",
+    cap_w=450.0,
+    issued_ts_ns=1_700_000_000_000_000_000,
+    expires_ts_ns=1_700_000_030_000_000_000,
+    issuer="optimizer",
+    key_id="k1",
+    signature=b"sig",
+)
 
 OTHER_VALUES: dict[str, Any] = {
-    "v": 2, "action_id": "a-2", "host_id": "h2", "seq": 6, "kind": "reset_power_cap",
-    "device_id": "h1/gpu1", "cap_w": 450.5, "stream_id": "s", "weights": {"s": 1.0},
-    "issued_ts_ns": 1, "expires_ts_ns": 2, "issuer": "operator", "mode": "manual",
-    "reason": "why", "key_id": "k2",
+    "v": 2,
+    "action_id": "a-2",
+    "host_id": "h2",
+    "seq": 6,
+    "kind": "reset_power_cap",
+    "device_id": "h1/gpu1",
+    "cap_w": 450.5,
+    "stream_id": "s",
+    "weights": {"s": 1.0},
+    "issued_ts_ns": 1,
+    "expires_ts_ns": 2,
+    "issuer": "operator",
+    "mode": "manual",
+    "reason": "why",
+    "key_id": "k2",
 }
 
 

@@ -46,8 +46,10 @@ def test_defaults() -> None:
 
 
 def test_file_values(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "x.toml", 'host_id = "node-7"\n[kafka]\ntopic_prefix = "t1-"\n'
-                                      '[stack]\nkafka_port = 19092\n')
+    cfg = write(
+        tmp_path / "x.toml",
+        'host_id = "node-7"\n[kafka]\ntopic_prefix = "t1-"\n[stack]\nkafka_port = 19092\n',
+    )
     s = load_settings(cfg)
     assert (s.host_id, s.kafka.topic_prefix, s.stack.kafka_port) == ("node-7", "t1-", 19092)
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"  # untouched fields keep defaults
@@ -65,8 +67,9 @@ def test_file_found_in_cwd_and_via_env(tmp_path: Path, monkeypatch: pytest.Monke
 def test_env_beats_file_and_merges_per_field(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = write(tmp_path / "x.toml",
-                '[kafka]\nbootstrap_servers = "file:9092"\ntopic_prefix = "f-"\n')
+    cfg = write(
+        tmp_path / "x.toml", '[kafka]\nbootstrap_servers = "file:9092"\ntopic_prefix = "f-"\n'
+    )
     monkeypatch.setenv("ACCELPILOT_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
     monkeypatch.setenv("ACCELPILOT_STACK__KAFKA_HEAP_MB", "1024")
     s = load_settings(cfg)

@@ -22,8 +22,13 @@ TS = 1_700_000_000_123_456_789
 
 def sample(**changes: Any) -> HostSample:
     base: dict[str, Any] = dict(
-        host_id="h1", ts_ns=TS, seq=42, interval_s=1.0, device_ids=["gpu0", "gpu1"],
-        device_kinds=["gpu", "cpu"], metrics={"power_w": [250.5, None], "temp_c": [61.0, 40.25]},
+        host_id="h1",
+        ts_ns=TS,
+        seq=42,
+        interval_s=1.0,
+        device_ids=["gpu0", "gpu1"],
+        device_kinds=["gpu", "cpu"],
+        metrics={"power_w": [250.5, None], "temp_c": [61.0, 40.25]},
     )
     return HostSample(**{**base, **changes})
 
@@ -77,12 +82,25 @@ def test_each_formatter_tags_its_own_cluster() -> None:
 
 def test_tag_values_escape_commas_spaces_and_equals() -> None:
     assert escape_tag("rack 1,row=2") == r"rack\ 1\,row\=2"
-    (line,) = sample_lines(sample(host_id="rack 1,row=2", device_ids=["a=b c,d"],
-                                  device_kinds=["gpu"], metrics={"power_w": [1.0]}), cluster="c")
-    assert line == r"device_sample,cluster=c,host=rack\ 1\,row\=2,device=a\=b\ c\,d,kind=gpu " \
-                   r"seq=42i,power_w=1.0 1700000000123456789"
-    assert parse(line)[1] == {"cluster": "c", "host": "rack 1,row=2", "device": "a=b c,d",
-                              "kind": "gpu"}
+    (line,) = sample_lines(
+        sample(
+            host_id="rack 1,row=2",
+            device_ids=["a=b c,d"],
+            device_kinds=["gpu"],
+            metrics={"power_w": [1.0]},
+        ),
+        cluster="c",
+    )
+    assert (
+        line == r"device_sample,cluster=c,host=rack\ 1\,row\=2,device=a\=b\ c\,d,kind=gpu "
+        r"seq=42i,power_w=1.0 1700000000123456789"
+    )
+    assert parse(line)[1] == {
+        "cluster": "c",
+        "host": "rack 1,row=2",
+        "device": "a=b c,d",
+        "kind": "gpu",
+    }
 
 
 def test_device_without_metrics_still_has_seq() -> None:
@@ -92,14 +110,18 @@ def test_device_without_metrics_still_has_seq() -> None:
 
 def test_integral_metric_values_are_written_as_floats() -> None:
     # An int and a float field of the same name conflict in InfluxDB; metrics are always floats.
-    (line,) = sample_lines(sample(device_ids=["g"], device_kinds=["gpu"],
-                                  metrics={"mem_used_bytes": [2**36]}),  # type: ignore[list-item]
-                           cluster="c")
+    (line,) = sample_lines(
+        sample(device_ids=["g"], device_kinds=["gpu"], metrics={"mem_used_bytes": [2**36]}),  # type: ignore[list-item]
+        cluster="c",
+    )
     assert " seq=42i,mem_used_bytes=68719476736.0 " in line
 
 
-ids = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"),
-              min_size=1, max_size=12)
+ids = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"),
+    min_size=1,
+    max_size=12,
+)
 #: What worker.cluster accepts (accelpilot/config.py).
 clusters = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
@@ -111,10 +133,14 @@ def samples_with_odd_ids(draw: st.DrawFn) -> HostSample:
     names = draw(st.lists(st.sampled_from(sorted(METRICS)), max_size=6, unique=True))
     values = st.none() | st.floats(allow_nan=False, allow_infinity=False)
     return HostSample(
-        host_id=draw(ids), ts_ns=draw(st.integers(0, 2**63 - 1)), seq=draw(st.integers(0, 2**62)),
-        interval_s=1.0, device_ids=device_ids,
-        device_kinds=draw(st.lists(st.sampled_from(["gpu", "cpu", "npu", "tpu"]),
-                                   min_size=n, max_size=n)),
+        host_id=draw(ids),
+        ts_ns=draw(st.integers(0, 2**63 - 1)),
+        seq=draw(st.integers(0, 2**62)),
+        interval_s=1.0,
+        device_ids=device_ids,
+        device_kinds=draw(
+            st.lists(st.sampled_from(["gpu", "cpu", "npu", "tpu"]), min_size=n, max_size=n)
+        ),
         metrics={name: draw(st.lists(values, min_size=n, max_size=n)) for name in names},
     )
 
@@ -128,7 +154,9 @@ def test_lines_read_back_exactly(s: HostSample, cluster: str) -> None:
         measurement, tags, fields, ts = parse(line)
         assert measurement == SAMPLE_MEASUREMENT
         assert tags == {
-            "cluster": cluster, "host": s.host_id, "device": s.device_ids[i],
+            "cluster": cluster,
+            "host": s.host_id,
+            "device": s.device_ids[i],
             "kind": s.device_kinds[i],
         }
         expected = {name: col[i] for name, col in s.metrics.items() if col[i] is not None}

@@ -20,9 +20,10 @@ def test_stop_waits_for_a_slow_exit(tmp_path: Path) -> None:
     pid_file, log = tmp_path / "srv.pid", tmp_path / "srv.log"
     pid = process.start_daemon("test:start", [sys.executable, "-c", _SLOW_EXIT], pid_file, log)
     deadline = time.monotonic() + 10
-    while "time.sleep(60)" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
-        errors="replace"
-    ) and time.monotonic() < deadline:
+    while (
+        "time.sleep(60)" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     time.sleep(0.3)  # the handler is installed
     t0 = time.monotonic()

@@ -82,8 +82,11 @@ def structs_in(t: mi.Type) -> Iterator[type[msgspec.Struct]]:
         yield from structs_in(t.value_type)
 
 
-CASES = [(topic, struct) for topic, kind in PAYLOAD_TYPES.items()
-         for struct in dict.fromkeys(structs_in(mi.type_info(kind)))]
+CASES = [
+    (topic, struct)
+    for topic, kind in PAYLOAD_TYPES.items()
+    for struct in dict.fromkeys(structs_in(mi.type_info(kind)))
+]
 
 
 def test_nested_structs_are_found() -> None:
@@ -110,16 +113,20 @@ def test_every_field_is_documented_in_its_topic(topic: str, struct: type[msgspec
 def test_topics_table() -> None:
     (table,) = tables_with("Topic")
     documented = {row[0]: (row[2], row[3]) for row in table.rows}
-    assert documented == {f"`{topic}`": (f"`{kind.__name__}`", _version_cell(kind))
-                          for topic, kind in PAYLOAD_TYPES.items()}
+    assert documented == {
+        f"`{topic}`": (f"`{kind.__name__}`", _version_cell(kind))
+        for topic, kind in PAYLOAD_TYPES.items()
+    }
 
 
 def _version_cell(kind: type[msgspec.Struct]) -> str:
-    """"1", or "2 (reads 1, 2)": the version written, then those read if there are more."""
+    """ "1", or "2 (reads 1, 2)": the version written, then those read if there are more."""
     versions = versions_of(kind)
     written = str(versions[-1])
-    return written if versions == (SUPPORTED_VERSION,) else (
-        f"{written} (reads {', '.join(map(str, versions))})"
+    return (
+        written
+        if versions == (SUPPORTED_VERSION,)
+        else (f"{written} (reads {', '.join(map(str, versions))})")
     )
 
 
