@@ -37,6 +37,7 @@ MARGIN_MAX = 0.04  # most extra margin
 MARGIN_DECAY = 0.99  # per tick, of the extra margin
 MARGIN_QUANTUM = 0.0025
 WAKE_GAIN = 0.03  # relative J/unit gain that makes waking a parked device worth it
+QUIET_FAST_WAKE_S = 5.0  # s: a parked device this quick to wake covers a quiet stream's headroom
 RECENT_DECAY = 0.998  # per tick: the remembered demand peak halves in ~350 ticks
 
 
@@ -233,12 +234,16 @@ class LearnedPolicy:
         full = self._capacity(model.util, model.beta, model.rate_factor, f.tdp_w)
         # A stream that went quiet (a job between phases) tends to come back, and waking takes
         # wake_s: it keeps headroom for its recent demand (a slowly decaying peak) meanwhile.
+        # Parked devices back within QUIET_FAST_WAKE_S count toward it: the return then costs
+        # at most a few ticks, and nothing slow has to idle through the whole quiet period.
         quiet = obs.demand_rate <= 0
         need = self.headroom * np.where(quiet, self._recent_demand, obs.demand_rate)
         usable = ~model.down & ~model.parked
         wake = model.parked & f.membership[self._unknown_streams(obs)].any(axis=0)
+        fast = f.wake_s <= QUIET_FAST_WAKE_S
         for s in np.flatnonzero(need > 0):
-            have = float((full[s] * (usable | (self._wake_left_s > 0))).sum())
+            ready = usable | (self._wake_left_s > 0) | (quiet[s] & model.parked & fast)
+            have = float((full[s] * ready).sum())
             for d in np.argsort(-full[s]):
                 if have >= need[s]:
                     break
@@ -281,7 +286,7 @@ class LearnedPolicy:
         # Keep enough awake capacity (headroom) among devices the plan would park.
         for s in np.flatnonzero(need > 0):
             awake = ~park & ~model.down | (model.down & (self._wake_left_s > 0)) | wake
-            have = float((full[s] * awake).sum())
+            have = float((full[s] * (awake | (quiet[s] & park & fast))).sum())
             for d in np.argsort(-full[s]):
                 if have >= need[s]:
                     break

@@ -36,35 +36,30 @@ def test_max_and_static_caps_and_even_weights() -> None:
         assert c.standby is None
 
 
-def test_static_clips_into_the_limits() -> None:
-    sc = parse_scenario(
+def _scenario(duration_s: int, devices: list[dict], streams: list[dict], seed: int = 0) -> object:
+    """A scenario of these devices and streams, 1-s ticks, 10 % slowdown allowed."""
+    return parse_scenario(
         {
             "name": "x",
-            "duration_s": 1,
+            "duration_s": duration_s,
             "tick_s": 1,
-            "seed": 0,
+            "seed": seed,
             "objective": {"max_slowdown": 1.1},
-            "devices": [
-                {
-                    "id": "c",
-                    "kind": "cpu",
-                    "vendor": "i",
-                    "model": "m",
-                    "idle_w": 80,
-                    "tdp_w": 350,
-                    "min_cap_w": 300,
-                    "peak_rate": 90,
-                }
-            ],
-            "streams": [
-                {
-                    "id": "s",
-                    "demand_rate": 10,
-                    "devices": ["c"],
-                    "phases": [{"at_s": 0, "beta": 0.5, "util": 0.8}],
-                }
-            ],
+            "devices": devices,
+            "streams": streams,
         }
+    )
+
+
+_CPU = {"kind": "cpu", "vendor": "i", "model": "m", "idle_w": 80, "tdp_w": 350, "peak_rate": 90}
+
+
+def test_static_clips_into_the_limits() -> None:
+    stream = {"id": "s", "demand_rate": 10, "devices": ["c"]}
+    sc = _scenario(
+        1,
+        [{**_CPU, "id": "c", "min_cap_w": 300}],
+        [{**stream, "phases": [{"at_s": 0, "beta": 0.5, "util": 0.8}]}],
     )
     assert StaticPolicy(FleetFacts.from_scenario(sc)).caps_w.tolist() == [300.0]
 
@@ -324,3 +319,33 @@ def test_training_data_is_deterministic_and_a_cut_short_run_is_an_error() -> Non
     assert len(x1) > 0 and np.array_equal(x1, x2) and np.array_equal(y1, y2)
     with pytest.raises(ConfigError, match="--minutes"):
         collect(7, 2, time.monotonic() - 1.0, 0.5)
+
+
+def test_a_quiet_stream_parks_every_device_when_a_fast_waking_one_covers_its_return() -> None:
+    """A stream that goes quiet keeps headroom for its recent demand; a parked device that is
+    back within QUIET_FAST_WAKE_S covers it, so the slow-waking device is parked too (the
+    oracle parks both), and the return costs at most that device's wake, not the slow one's."""
+    devices = [
+        {**_CPU, "id": "slow", "min_cap_w": 150, "wake_s": 30},
+        {**_CPU, "id": "fast", "min_cap_w": 150, "wake_s": 5},
+    ]
+    phase = {"beta": 0.2, "util": 0.75}
+    phases = [
+        {**phase, "at_s": 0},
+        {**phase, "at_s": 200, "demand_rate": 0.0},
+        {**phase, "at_s": 450, "demand_rate": 40},
+    ]
+    stream = {"id": "s", "demand_rate": 40, "devices": ["slow", "fast"], "phases": phases}
+    sc = _scenario(600, devices, [stream], seed=1)
+    f = FleetFacts.from_scenario(sc)
+    pol = LearnedPolicy(f)
+    sim = FleetSimulator(sc)
+    tel, parked, violated = None, [], []
+    for k in range(sc.n_ticks):
+        c = pol.decide(Observation(k, f, sim.conditions().demand_rate, tel))
+        parked.append(np.asarray(c.standby, dtype=bool).copy())
+        step = sim.step(c.caps_w, c.weights, c.standby)
+        tel = step.telemetry
+        violated.append(bool(step.truth.slo_violated.any()))
+    assert np.array(parked[260:450]).all()  # quiet: both parked
+    assert sum(violated[450:]) <= 5 + 2  # the fast device's wake, and a tick or two to plan
