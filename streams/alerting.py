@@ -644,7 +644,7 @@ class _Detectors:
         nothing), so that rows can be put into them before their first sample."""
         if not self.primed:
             for det in self.dets:
-                det.update_score(np.full(self.capacity, np.nan), 0, np.zeros(self.capacity, bool))
+                _build_arrays(det, self.capacity)
             self.primed = True
 
     def grow(self, capacity: int) -> None:
@@ -656,8 +656,8 @@ class _Detectors:
         new = []
         for s, old in zip(self.specs, self.dets, strict=True):
             fresh = make_detector(s.detector, capacity, **s.kwargs)
-            fresh.update_score(np.full(capacity, np.nan), 0, np.zeros(capacity, bool))
-            _copy_prefix(old, fresh, self.capacity)
+            _build_arrays(fresh, capacity)
+            _copy_prefix(old, fresh, self.capacity, capacity)
             new.append(fresh)
         self.dets, self.capacity = new, capacity
         self.primed = True
@@ -684,14 +684,21 @@ def _per_slot_arrays(obj: Any, n: int, prefix: str) -> dict[str, tuple[Any, str]
     return found
 
 
-def _copy_prefix(old: Any, new: Any, n_old: int) -> None:
-    for k, v in vars(old).items():
-        w = getattr(new, k, None)
-        if isinstance(v, np.ndarray) and isinstance(w, np.ndarray):
-            if v.ndim and v.shape[0] == n_old and w.shape[1:] == v.shape[1:]:
+def _build_arrays(det: BatchDetector, capacity: int) -> None:
+    """One all-absent call (which learns nothing): the detector builds its lazily shaped
+    arrays for ``capacity`` slots."""
+    det.update_score(np.full(capacity, np.nan), 0, np.zeros(capacity, bool))
+
+
+def _copy_prefix(old: Any, new: Any, n_old: int, n_new: int) -> None:
+    """Copy every per-slot array of ``old`` (``n_old`` slots) into the first rows of the
+    same array of ``new`` (``n_new`` slots) where the rows have the same shape."""
+    targets = _per_slot_arrays(new, n_new, "")
+    for path, (owner, name) in _per_slot_arrays(old, n_old, "").items():
+        if path in targets:
+            v, w = getattr(owner, name), getattr(*targets[path])
+            if w.shape[1:] == v.shape[1:]:
                 w[:n_old] = v
-        elif hasattr(v, "__dict__") and hasattr(w, "__dict__") and type(v) is type(w):
-            _copy_prefix(v, w, n_old)
 
 
 class DeviceMonitor:
