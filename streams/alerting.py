@@ -673,15 +673,24 @@ class _SlotRows(msgspec.Struct):
 
 
 def _per_slot_arrays(obj: Any, n: int, prefix: str) -> dict[str, tuple[Any, str]]:
-    """The arrays of ``obj`` (and of the objects it holds) whose first axis is ``n`` slots."""
+    """The arrays of ``obj`` (and of the objects it holds, directly or in a list or tuple, such
+    as an ensemble's members) whose first axis is ``n`` slots."""
     found: dict[str, tuple[Any, str]] = {}
     for k, v in vars(obj).items():
         if isinstance(v, np.ndarray):
             if v.ndim and v.shape[0] == n:
                 found[prefix + k] = (obj, k)
-        elif hasattr(v, "__dict__") and not isinstance(v, type):
+        elif isinstance(v, list | tuple):
+            for i, item in enumerate(v):
+                if _holds_state(item):
+                    found.update(_per_slot_arrays(item, n, f"{prefix}{k}.{i}."))
+        elif _holds_state(v):
             found.update(_per_slot_arrays(v, n, f"{prefix}{k}."))
     return found
+
+
+def _holds_state(v: Any) -> bool:
+    return hasattr(v, "__dict__") and not isinstance(v, type)
 
 
 def _build_arrays(det: BatchDetector, capacity: int) -> None:

@@ -155,7 +155,7 @@ def test_an_open_alert_episode_moves_with_the_host_record() -> None:
 
 
 @pytest.mark.parametrize("new_owner", ["fresh", "running"])
-@pytest.mark.parametrize("detector", ["robust", "novelty"])
+@pytest.mark.parametrize("detector", ["robust", "novelty", "ensemble"])
 def test_the_detectors_learned_state_moves_with_the_host_record(
     new_owner: str, detector: str
 ) -> None:
@@ -248,3 +248,31 @@ def test_host_states_of_no_host_or_an_unknown_one() -> None:
     fresh = DeviceMonitor()
     fresh.restore_host("never-seen", state)  # nothing to put back, nothing breaks
     assert fresh.host_devices.get("never-seen", []) == []
+
+
+@pytest.mark.parametrize("detector", ["robust", "ensemble"])
+def test_growing_the_detectors_keeps_what_they_learned(detector: str) -> None:
+    """A monitor whose slots run out grows its detectors; the devices it knew go on scoring as
+    in a monitor that never had to grow (an ensemble's members included)."""
+    from accelpilot.streams.alerting import DetectorSpec, DeviceMonitor
+
+    specs = (DetectorSpec("power_w", detector),)
+    h1 = list(synthetic_samples("h1", n_devices=2, n_ticks=70, start_ns=T0))
+    spike = h1[65]
+    power = [spike.metrics["power_w"][0], spike.metrics["power_w"][1] * 3 + 200.0]
+    h1[65] = msgspec.structs.replace(spike, metrics={**spike.metrics, "power_w": power})
+    h2 = list(synthetic_samples("h2", n_devices=2, n_ticks=1, start_ns=T0 + 60 * 10**9))
+    small, big = DeviceMonitor(specs, capacity=2), DeviceMonitor(specs, capacity=64)
+    for mon in (small, big):
+        for s in h1[:60]:
+            mon.observe(s)
+        mon.observe(h2[0])
+    assert small.detectors.capacity > 2
+
+    def scores(mon: DeviceMonitor) -> list[tuple[str, int, float]]:
+        return [
+            (a.device_id, a.ts_ns, round(a.score, 12)) for s in h1[60:] for a in mon.observe(s)[0]
+        ]
+
+    expected = scores(big)
+    assert expected and scores(small) == expected
