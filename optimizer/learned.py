@@ -251,16 +251,7 @@ class LearnedPolicy:
                     wake[d] = True
                     have += full[s, d]
         if wake.any():
-            model = TickModel(
-                util=model.util,
-                beta=model.beta,
-                demand_rate=model.demand_rate,
-                slo_rate=model.slo_rate,
-                rate_factor=model.rate_factor,
-                fixed_cap_w=model.fixed_cap_w,
-                down=model.down | wake,
-                parked=model.parked & ~wake,
-            )
+            model = replace(model, down=model.down | wake, parked=model.parked & ~wake)
         if not self.weights_actuated:
             return self._caps_for_even_shares(obs, model)
         plan = self._plan(model)
@@ -268,18 +259,7 @@ class LearnedPolicy:
         # Wake parked devices the tick's optimum would use if they were awake, when that is
         # clearly better (the oracle does this with its schedule; here it is a rule of thumb).
         if model.parked.any():
-            alt = self._plan(
-                TickModel(
-                    util=model.util,
-                    beta=model.beta,
-                    demand_rate=model.demand_rate,
-                    slo_rate=model.slo_rate,
-                    rate_factor=model.rate_factor,
-                    fixed_cap_w=model.fixed_cap_w,
-                    down=model.down,
-                    parked=np.zeros(f.n_devices, dtype=bool),
-                )
-            )
+            alt = self._plan(replace(model, parked=np.zeros(f.n_devices, dtype=bool)))
             want = model.parked & (alt.assign >= 0)
             if want.any() and alt.j_per_unit < plan.j_per_unit * (1.0 - WAKE_GAIN):
                 park &= ~want
