@@ -259,7 +259,8 @@ class _Batch:
         shortfall = (short / np.maximum(lower, 1e-12)).sum(axis=1)
         lo_t = np.minimum(lower[None, :], capacity)
         hi_t = np.minimum(upper[None, :], capacity)
-        p = _Params(u, b, ud, x_lo, r_lo, r_max, a, on, self.pk, self.dyn, self.fixed, member)
+        fixed = np.broadcast_to(self.fixed, on.shape)
+        p = _Params(u, b, ud, x_lo, r_lo, r_max, a, on, self.pk, self.dyn, fixed, member)
         base_idle = np.where(assign == PARK, f.standby_w, f.idle_w).sum(
             axis=1
         )  # awake, down and waking draw idle
@@ -267,45 +268,52 @@ class _Batch:
             on & self.fixed, self.cap_lo, 0.0
         ).sum(axis=1)
 
-        def evaluate(r: Array) -> tuple[Array, Array, Array]:
-            dyn_p = _dyn_power(p, r)
-            caps = _caps(p, r, f.idle_w, self.cap_lo)
-            return base_idle + dyn_p.sum(axis=1), r.sum(axis=1), caps
+        def evaluate(q: _Params, rows: NDArray[np.int64], r: Array) -> tuple[Array, Array]:
+            return base_idle[rows] + _dyn_power(q, r).sum(axis=1), r.sum(axis=1)
 
-        def inner(lam: Array) -> Array:
-            r = _water_fill(p, lam, np.zeros_like(lam), lo_t, hi_t)
+        def inner(q: _Params, rows: NDArray[np.int64], lam: Array) -> Array:
+            lo, hi = lo_t[rows], hi_t[rows]
+            r = _water_fill(q, lam, np.zeros_like(lam), lo, hi)
             if self.budget is None:
                 return r
-            caps_sum = _cap_sum(p, r, f.idle_w, cap_floor)
-            viol = caps_sum > self.budget
-            if not viol.any():
+            floor = cap_floor[rows]
+            v = np.flatnonzero(_cap_sum(q, r, f.idle_w, floor) > self.budget)
+            if not v.size:
                 return r
-            nu_lo = np.full(lam.shape, -14.0)
-            nu_hi = np.full(lam.shape, 10.0)
+            # The budget's multiplier, by bisection, for the configurations over it only.
+            qv, lam_v, lo, hi, floor = q.take(v), lam[v], lo[v], hi[v], floor[v]
+            nu_lo = np.full(v.shape, -14.0)
+            nu_hi = np.full(v.shape, 10.0)
             for _ in range(_NU_BISECT):
                 mid = 0.5 * (nu_lo + nu_hi)
-                rr = _water_fill(p, lam, np.exp(mid), lo_t, hi_t)
-                over = _cap_sum(p, rr, f.idle_w, cap_floor) > self.budget
+                rr = _water_fill(qv, lam_v, np.exp(mid), lo, hi)
+                over = _cap_sum(qv, rr, f.idle_w, floor) > self.budget
                 nu_lo = np.where(over, mid, nu_lo)
                 nu_hi = np.where(over, nu_hi, mid)
-            r_nu = _water_fill(p, lam, np.exp(nu_hi), lo_t, hi_t)
-            return np.where(viol[:, None], r_nu, r)
+            r[v] = _water_fill(qv, lam_v, np.exp(nu_hi), lo, hi)
+            return r
 
-        lam = np.zeros(len(assign))
-        r = inner(lam)
-        power, work, _ = evaluate(r)
+        every = np.arange(len(assign))
+        r = inner(p, every, np.zeros(len(assign)))
+        power, work = evaluate(p, every, r)
         lam = np.where(work > 0, power / np.maximum(work, 1e-300), 0.0)
+        # Dinkelbach: a configuration whose step no longer improves is done (its next step, from
+        # the same multiplier, would be the same), so each step solves the remaining ones only.
+        active = every
         for _ in range(40):
-            r_new = inner(lam)
-            power, work, _ = evaluate(r_new)
-            obj = power - lam * work
-            new_lam = np.where(work > 0, power / np.maximum(work, 1e-300), lam)
+            q = p.take(active)
+            r_new = inner(q, active, lam[active])
+            power, work = evaluate(q, active, r_new)
+            obj = power - lam[active] * work
             improved = obj < -_DINKELBACH_TOL * np.maximum(power, 1.0)
-            r = np.where(improved[:, None], r_new, r)
             if not improved.any():
                 break
-            lam = np.where(improved, new_lam, lam)
-        power, work, caps = evaluate(r)
+            done = active[improved]
+            r[done] = r_new[improved]
+            lam[done] = np.where(work > 0, power / np.maximum(work, 1e-300), lam[active])[improved]
+            active = done
+        power, work = evaluate(p, every, r)
+        caps = _caps(p, r, f.idle_w, self.cap_lo)
         if self.budget is not None:
             feasible &= _cap_sum(p, r, f.idle_w, cap_floor) <= self.budget * (1 + 1e-9)
         ratio = np.where(work > 0, power / np.maximum(work, 1e-300), np.inf)
@@ -329,6 +337,23 @@ class _Params:
     dyn: Array
     fixed: Mask
     member: Array  # (C, S, D) float
+
+    def take(self, rows: NDArray[np.int64]) -> _Params:
+        """The same parameters for configurations ``rows`` only (pk and dyn are per column)."""
+        return _Params(
+            self.u[rows],
+            self.b[rows],
+            self.ud[rows],
+            self.x_lo[rows],
+            self.r_lo[rows],
+            self.r_max[rows],
+            self.a[rows],
+            self.on[rows],
+            self.pk,
+            self.dyn,
+            self.fixed[rows],
+            self.member[rows],
+        )
 
 
 def _rate_at_price(p: _Params, price: Array, nu: Array) -> Array:
