@@ -9,7 +9,7 @@ serve which stream, the demand currently requested, the SLO and the power budget
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,6 +61,22 @@ class FleetFacts:
             max_slowdown=sc.objective.max_slowdown,
             budget_w=sc.objective.fleet_power_budget_w,
             tick_s=sc.tick_s,
+        )
+
+    def with_devices(self, cols: NDArray[np.int64], membership: Mask) -> FleetFacts:
+        """These facts for devices ``cols`` (in that order, repeats allowed) with ``membership``
+        (streams x ``len(cols)``); the streams and the fleet-wide facts are kept."""
+        return replace(
+            self,
+            device_ids=tuple(self.device_ids[c] for c in cols),
+            kinds=tuple(self.kinds[c] for c in cols),
+            idle_w=self.idle_w[cols],
+            tdp_w=self.tdp_w[cols],
+            min_cap_w=self.min_cap_w[cols],
+            peak_rate=self.peak_rate[cols],
+            standby_w=self.standby_w[cols],
+            wake_s=self.wake_s[cols],
+            membership=membership,
         )
 
     @property

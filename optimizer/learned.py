@@ -177,8 +177,8 @@ class LearnedPolicy:
         ) > 0
         # Devices of a stream not identified yet (start, phase change) run at tdp_w: that is
         # where its first readings come from, and it is the safe setting for a stream we cannot
-        # model yet. The solver still gives each shared device to one stream per tick, so every
-        # stream gets readings of its own.
+        # model yet. A stream the solver time-shares keeps a device of its own (the solver
+        # requires it), so every stream gets readings of its own.
         unknown = self._unknown_streams(obs)
         pinned = (self.safety.anomalous | f.membership[unknown].any(axis=0)) & tel.reporting
         fixed = np.where(throttled, f.min_cap_w, np.where(pinned, f.tdp_w, np.nan))

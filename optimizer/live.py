@@ -42,7 +42,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,20 +93,9 @@ def facts_for_hosts(
     keep = np.array([chosen is None or host_of(d) in chosen for d in full.device_ids], dtype=bool)
     member = full.membership[:, keep]
     streams = member.any(axis=1)
-    idx = np.flatnonzero(keep)
-    return FleetFacts(
-        device_ids=tuple(full.device_ids[i] for i in idx),
+    return replace(
+        full.with_devices(np.flatnonzero(keep), member[streams]),
         stream_ids=tuple(s for s, k in zip(full.stream_ids, streams, strict=True) if k),
-        kinds=tuple(full.kinds[i] for i in idx),
-        idle_w=full.idle_w[keep],
-        tdp_w=full.tdp_w[keep],
-        min_cap_w=full.min_cap_w[keep],
-        peak_rate=full.peak_rate[keep],
-        standby_w=full.standby_w[keep],
-        wake_s=full.wake_s[keep],
-        membership=member[streams],
-        max_slowdown=full.max_slowdown,
-        budget_w=full.budget_w,
         tick_s=full.tick_s if window_s is None else window_s,
     )
 

@@ -7,11 +7,26 @@ its estimates). The math is derived in docs/optimizer.md; in short:
   ``idle + f(r)`` with ``f`` convex and increasing: linear ``a·r`` up to ``R_lo = R(min_cap)``,
   then ``u·D·(r / (pk·u))^(1/β)`` up to ``R_max = R(tdp)``. Its cap is then
   ``idle + u·D·max(x_lo, (r / (pk·u))^(1/β))`` (convex too).
-* For a fixed *configuration* (each device parked or working for exactly one stream) the tick's
+* For a fixed *configuration* (each device parked, working for exactly one stream, or time-shared
+  between two of its streams) the tick's
   problem ``min E(r) / W(r)`` subject to the SLO ``L_s ≤ Σ r ≤ demand_s``, ``0 ≤ r ≤ R_max`` and
   the budget ``Σ caps ≤ B`` is a convex-over-linear fractional program: Dinkelbach iterations,
   each a separable convex problem solved by per-stream water-filling on the marginal price
   (bisection in log-price, ties on linear segments filled greedily), the budget by a multiplier.
+* A device that serves several active streams may also be *time-shared* between two of them
+  (the simulator's ``physics.time_share``): one cap ``c`` for both, a fraction ``phi`` of the
+  tick for the first stream and ``1 - phi`` for the second. For fixed ``(c, phi)`` each part is
+  a fixed-cap device (linear cost ``a_s(c)·r`` up to ``phi_s·R_s(c)``), so the convex machinery
+  above is unchanged; ``(c, phi)`` come from a grid (``SHARE_CAP_LEVELS`` x ``SHARE_SPLITS``).
+  Enumerating shares with the other options would multiply the configurations by
+  ``1 + 12 x (stream pairs)`` per shareable device, so they are *share moves*: the best
+  ``SHARE_FROM`` single-stream configurations, each with one device moved to each of its shares
+  (method ``+share-moves``).
+  A time-shared stream must keep a working device of its own (it takes the share the plan does
+  not serve, and its readings identify the stream for LearnedPolicy). Without sharing a device
+  served one stream per tick, and a stream that needs part of a device another stream also
+  needs was starved (generated-302). Internally each shareable device gets one *virtual
+  column* per stream it may serve.
 * Configurations are enumerated exactly, up to symmetry (identical devices are interchangeable,
   so only *how many* of a class take each option matters). Past ``max_configs`` the solver falls
   back to a documented relaxation: local search over single-device moves from "all awake".
@@ -23,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +51,15 @@ Mask = NDArray[np.bool_]
 PARK = -1  # configuration code: device in standby
 DOWN = -2  # device cannot work this tick (off the bus, waking): draws idle_w
 IDLE = -3  # device kept awake without work (TickModel.awake): draws idle_w, never a share sink
+SHARED = -4  # device time-shared between two streams: draws idle_w, its work is on virtual columns
+VOID = -5  # a virtual column the configuration does not use
+# Time-sharing grid: the cap at these fractions of [min_cap_w, tdp_w] (a fixed cap stays fixed),
+# the first stream's fraction of the tick at these splits.
+SHARE_CAP_LEVELS = (1.0 / 3.0, 2.0 / 3.0, 1.0)
+SHARE_SPLITS = (0.2, 0.4, 0.6, 0.8)
+SHARE_FROM = 8  # single-stream configurations the share moves start from
+_SHARE_BASE = -100  # option codes <= this encode (stream pair, cap level, split)
+_SHARE_TIME = 1.0 - 1e-9  # the two parts' fractions sum to this, so rounding never overfills
 MAX_CONFIGS = 4096
 BETA_MAX = 1.0 - 1e-6
 SLO_MARGIN = 1e-6  # relative: served ≥ slo·(1 + margin) so rounding never reads as a violation
@@ -89,11 +113,12 @@ class Plan:
     caps_w: Array
     weights: Array
     standby: Mask
-    rate: Array  # (devices,) planned work rate
-    assign: NDArray[np.int64]  # (devices,) stream index, PARK or DOWN
+    rate: Array  # (devices,) planned work rate (a shared device: both streams' together)
+    assign: NDArray[np.int64]  # (devices,) stream index (a shared device: its larger part), PARK...
+    shared: Mask  # (devices,) time-shared between two streams this tick
     power_w: float
     work_rate: float
-    method: str  # "exact" or "local-search"
+    method: str  # "exact" or "local-search", "+share-moves" where a device can be shared
     configs: int
     feasible: bool
 
@@ -105,22 +130,55 @@ class Plan:
 def solve(facts: FleetFacts, model: TickModel, *, max_configs: int = MAX_CONFIGS) -> Plan:
     """The tick's optimum (see the module docstring)."""
     opts = _options(facts, model)
-    classes = _classes(facts, model, opts)
+    single = [tuple(v for v in o if v > _SHARE_BASE) for o in opts]
+    classes = _classes(facts, model, single)
     n_conf = 1
     for devs, o in classes:
         n_conf *= math.comb(len(devs) + len(o) - 1, len(o) - 1)
+    batch = _Batch(facts, model, opts)
     if n_conf <= max_configs:
         assign = _enumerate(classes, facts.n_devices)
         method = "exact"
     else:
-        assign = None
+        assign = _local_search(batch, single)
         method = "local-search"
-    batch = _Batch(facts, model)
-    if assign is None:
-        assign = _local_search(batch, opts)
     res = batch.solve(assign)
     best = _pick(res)
-    return _realize(facts, model, assign[best], res, best, method, len(assign))
+    if batch.virtual.any():
+        shared = _share_moves(assign, res, opts, classes)
+        res_sh = batch.solve(shared)
+        best_sh = _pick(res_sh)
+        method += "+share-moves"
+        if _score(res_sh, best_sh) < _score(res, best):
+            assign, res, best = shared, res_sh, best_sh
+    return _realize(batch, assign[best : best + 1], res, best, method, len(assign))
+
+
+def _share_moves(
+    assign: NDArray[np.int64],
+    res: _Result,
+    opts: list[tuple[int, ...]],
+    classes: list[tuple[list[int], tuple[int, ...]]],
+) -> NDArray[np.int64]:
+    """The best ``SHARE_FROM`` single-stream configurations, each with one device moved to each
+    of its time-sharing options (the exact enumeration of shares multiplies the configurations
+    by up to ``1 + len(SHARE_CAP_LEVELS) * len(SHARE_SPLITS)`` per shareable device). Identical
+    devices are interchangeable, so each class's codes are sorted and repeats dropped."""
+    scores = np.array([_score(res, i) for i in range(len(assign))])
+    top = np.argsort(scores, kind="stable")[:SHARE_FROM]
+    rows = []
+    for i in top:
+        for d, o in enumerate(opts):
+            for v in o:
+                if v <= _SHARE_BASE:
+                    row = assign[i].copy()
+                    row[d] = v
+                    rows.append(row)
+    out = np.array(rows, dtype=np.int64)
+    for devs, _ in classes:
+        if len(devs) > 1:
+            out[:, devs] = np.sort(out[:, devs], axis=1)
+    return np.unique(out, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,8 +196,38 @@ def _options(facts: FleetFacts, m: TickModel) -> list[tuple[int, ...]]:
         else:
             streams = [s for s in range(facts.n_streams) if active[s] and facts.membership[s, d]]
             keep = m.awake is not None and bool(m.awake[d])
-            out.append((IDLE if keep else PARK, *streams))
+            shares = _share_codes(facts.n_streams, streams, fixed=not np.isnan(m.fixed_cap_w[d]))
+            out.append((IDLE if keep else PARK, *streams, *shares))
     return out
+
+
+def _share_codes(n_streams: int, streams: list[int], *, fixed: bool) -> list[int]:
+    """Option codes of every way to time-share a device between two of ``streams`` (device
+    independent, so identical devices stay interchangeable). A fixed cap has one level."""
+    levels = [len(SHARE_CAP_LEVELS) - 1] if fixed else range(len(SHARE_CAP_LEVELS))
+    return [
+        _share_code(n_streams, s, t, k, j)
+        for s, t in itertools.combinations(streams, 2)
+        for k in levels
+        for j in range(len(SHARE_SPLITS))
+    ]
+
+
+def _share_code(n_streams: int, s: int, t: int, k: int, j: int) -> int:
+    pair = s * n_streams + t
+    return _SHARE_BASE - (pair * len(SHARE_CAP_LEVELS) + k) * len(SHARE_SPLITS) - j
+
+
+def _share_decode(
+    n_streams: int, code: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """``(s, t, cap level, split)`` of share codes (arrays)."""
+    n = _SHARE_BASE - code
+    j = n % len(SHARE_SPLITS)
+    n //= len(SHARE_SPLITS)
+    k = n % len(SHARE_CAP_LEVELS)
+    pair = n // len(SHARE_CAP_LEVELS)
+    return pair // n_streams, pair % n_streams, k, j
 
 
 def _classes(
@@ -229,7 +317,38 @@ class _Result:
 
 
 class _Batch:
-    def __init__(self, facts: FleetFacts, m: TickModel) -> None:
+    """The continuous problem over a fleet's columns: its devices, then one virtual column per
+    (shareable device, stream it may serve) for the time-shared parts (see the module docstring).
+    """
+
+    def __init__(self, facts: FleetFacts, m: TickModel, opts: list[tuple[int, ...]]) -> None:
+        self.phys = facts
+        self.phys_model = m
+        n_dev = facts.n_devices
+        virt_dev: list[int] = []
+        virt_stream: list[int] = []
+        for d, o in enumerate(opts):
+            if any(v <= _SHARE_BASE for v in o):
+                for s in o:
+                    if s >= 0:
+                        virt_dev.append(d)
+                        virt_stream.append(s)
+        self.virt_dev = np.array(virt_dev, dtype=np.int64)
+        self.virt_stream = np.array(virt_stream, dtype=np.int64)
+        cols = np.concatenate([np.arange(n_dev), self.virt_dev])
+        self.virtual = np.arange(len(cols)) >= n_dev
+        member = facts.membership[:, cols].copy()
+        member[:, n_dev:] = self.virt_stream[None, :] == np.arange(facts.n_streams)[:, None]
+        if self.virtual.any():
+            facts = facts.with_devices(cols, member)
+            m = replace(
+                m,
+                rate_factor=m.rate_factor[cols],
+                fixed_cap_w=m.fixed_cap_w[cols],
+                down=m.down[cols],
+                parked=m.parked[cols],
+                awake=None if m.awake is None else m.awake[cols],
+            )
         self.f = facts
         self.m = m
         self.dyn = facts.tdp_w - facts.idle_w
@@ -238,35 +357,85 @@ class _Batch:
         self.cap_lo = np.where(self.fixed, m.fixed_cap_w, facts.min_cap_w)
         self.budget = None if facts.budget_w is None else facts.budget_w * (1.0 - 1e-9)
 
+    def expand(self, assign: NDArray[np.int64]) -> tuple[NDArray[np.int64], Array, Array]:
+        """Configurations over the columns: ``(codes, share cap (NaN: none), time fraction)``.
+        A time-shared device's own column is SHARED, its two parts are on its virtual columns."""
+        n_c, n_dev = assign.shape
+        n_col = len(self.virtual)
+        codes = np.full((n_c, n_col), VOID, dtype=np.int64)
+        codes[:, :n_dev] = assign
+        cap = np.full((n_c, n_col), np.nan)
+        frac = np.ones((n_c, n_col))
+        if not self.virtual.any():
+            return codes, cap, frac
+        levels = np.array(SHARE_CAP_LEVELS)
+        splits = np.array(SHARE_SPLITS)
+        pf, pm = self.phys, self.phys_model
+        for d in np.unique(self.virt_dev):
+            sh = assign[:, d] <= _SHARE_BASE
+            if not sh.any():
+                continue
+            s, t, k, j = _share_decode(pf.n_streams, assign[sh, d])
+            lo, hi = pf.min_cap_w[d], pf.tdp_w[d]
+            c = pm.fixed_cap_w[d] if not np.isnan(pm.fixed_cap_w[d]) else lo + levels[k] * (hi - lo)
+            rows = np.flatnonzero(sh)
+            codes[rows, d] = SHARED
+            cap[rows, d] = c
+            for v in np.flatnonzero(self.virtual):
+                if self.virt_dev[v - n_dev] != d:
+                    continue
+                sv = self.virt_stream[v - n_dev]
+                first, second = s == sv, t == sv
+                use = first | second
+                codes[rows[use], v] = sv
+                cap[rows[use], v] = np.broadcast_to(c, rows.shape)[use]
+                part = np.where(first, splits[j], 1.0 - splits[j]) * _SHARE_TIME
+                frac[rows[use], v] = part[use]
+        return codes, cap, frac
+
     def solve(self, assign: NDArray[np.int64]) -> _Result:
         f, m = self.f, self.m
         n_str = f.n_streams
+        assign, share_cap, frac = self.expand(assign)
         on = assign >= 0
         sidx = np.where(on, assign, 0)
         u = m.util[sidx]
         b = np.minimum(m.beta[sidx], BETA_MAX)
         ud = u * self.dyn
-        x_lo = np.clip((self.cap_lo - f.idle_w) / ud, 0.0, 1.0)
-        r_lo = self.pk * u * x_lo**b
-        r_max = np.where(self.fixed, r_lo, self.pk * u) * on
+        shared = ~np.isnan(share_cap)
+        fixed = self.fixed | shared
+        cap_lo = np.where(shared, share_cap, self.cap_lo)
+        x_lo = np.clip((cap_lo - f.idle_w) / ud, 0.0, 1.0)
+        r_lo = self.pk * frac * u * x_lo**b
+        r_max = np.where(fixed, r_lo, self.pk * u) * on
         a = self.dyn * x_lo ** (1.0 - b) / self.pk
         member = (assign[:, None, :] == np.arange(n_str)[None, :, None]).astype(float)
         capacity = (member * r_max[:, None, :]).sum(axis=2)
-        lower = m.slo_rate * (1.0 + SLO_MARGIN)
-        upper = np.maximum(m.demand_rate, lower)
-        short = np.maximum(lower[None, :] - capacity, 0.0)
+        slo = m.slo_rate * (1.0 + SLO_MARGIN)
+        upper = np.maximum(m.demand_rate, slo)
+        lower = np.broadcast_to(slo, capacity.shape)
+        short = np.maximum(lower - capacity, 0.0)
         feasible = (short <= 1e-12 * np.maximum(lower, 1.0)).all(axis=1)
         shortfall = (short / np.maximum(lower, 1e-12)).sum(axis=1)
-        lo_t = np.minimum(lower[None, :], capacity)
+        # A time-shared stream keeps a working device of its own: it takes the share the plan
+        # does not serve (see _realize; a shared part would take the other stream's time), and
+        # its readings keep identifying the stream (LearnedPolicy learns from devices that
+        # serve one stream). Without one the configuration counts as that stream wholly short.
+        dedicated = (member * (on & ~self.virtual)[:, None, :]).any(axis=2)
+        orphan = (member * self.virtual[None, None, :]).any(axis=2) & ~dedicated
+        feasible &= ~orphan.any(axis=1)
+        shortfall = shortfall + orphan.sum(axis=1)
+        lo_t = np.minimum(lower, capacity)
         hi_t = np.minimum(upper[None, :], capacity)
-        fixed = np.broadcast_to(self.fixed, on.shape)
         p = _Params(u, b, ud, x_lo, r_lo, r_max, a, on, self.pk, self.dyn, fixed, member)
-        base_idle = np.where(assign == PARK, f.standby_w, f.idle_w).sum(
-            axis=1
-        )  # awake, down and waking draw idle
-        cap_floor = np.where(on, 0.0, f.min_cap_w).sum(axis=1) + np.where(
-            on & self.fixed, self.cap_lo, 0.0
+        # Awake, down, waking and shared devices draw idle; virtual columns add no device.
+        base_idle = np.where(
+            self.virtual, 0.0, np.where(assign == PARK, f.standby_w, f.idle_w)
         ).sum(axis=1)
+        # The fleet's caps: fixed ones, a shared device's once, min_cap_w where nothing works;
+        # free caps follow the rates (_cap_sum).
+        own_cap = np.where(on, np.where(fixed, cap_lo, 0.0), np.where(shared, cap_lo, f.min_cap_w))
+        cap_floor = np.where(self.virtual, 0.0, own_cap).sum(axis=1)
 
         def evaluate(q: _Params, rows: NDArray[np.int64], r: Array) -> tuple[Array, Array]:
             return base_idle[rows] + _dyn_power(q, r).sum(axis=1), r.sum(axis=1)
@@ -313,7 +482,7 @@ class _Batch:
             lam[done] = np.where(work > 0, power / np.maximum(work, 1e-300), lam[active])[improved]
             active = done
         power, work = evaluate(p, every, r)
-        caps = _caps(p, r, f.idle_w, self.cap_lo)
+        caps = _caps(p, r, f.idle_w, cap_lo)
         if self.budget is not None:
             feasible &= _cap_sum(p, r, f.idle_w, cap_floor) <= self.budget * (1 + 1e-9)
         ratio = np.where(work > 0, power / np.maximum(work, 1e-300), np.inf)
@@ -435,22 +604,27 @@ def _cap_sum(p: _Params, r: Array, idle_w: Array, cap_floor: Array) -> Array:
 
 
 def _realize(
-    facts: FleetFacts,
-    m: TickModel,
+    batch: _Batch,
     assign: NDArray[np.int64],
     res: _Result,
     i: int,
     method: str,
     n_conf: int,
 ) -> Plan:
+    """Controls for configuration ``assign`` (one row) from its optimum ``res[i]``: computed over
+    the columns, then each virtual column folded into its device."""
+    facts, m = batch.f, batch.m
+    codes, share_cap, _ = batch.expand(assign)
+    col = codes[0]
     rate = res.rate[i]
-    caps = np.where(assign >= 0, res.caps[i], facts.min_cap_w)
+    caps = np.where(col >= 0, res.caps[i], facts.min_cap_w)
     caps = np.where(np.isnan(m.fixed_cap_w), caps, m.fixed_cap_w)
+    caps = np.where(col == SHARED, share_cap[0], caps)
     caps = np.clip(caps + 1e-9 * facts.tdp_w, facts.min_cap_w, facts.tdp_w)
-    weights = np.zeros((facts.n_streams, facts.n_devices))
+    weights = np.zeros((facts.n_streams, len(col)))
     for s in range(facts.n_streams):
         demand = float(m.demand_rate[s])
-        mine = assign == s
+        mine = col == s
         if demand <= 0 or not mine.any():
             continue
         r_s = np.where(mine, rate, 0.0)
@@ -462,23 +636,40 @@ def _realize(
             continue
         w = r_s / demand
         excess = 1.0 - tot / demand
-        sinks = np.flatnonzero(facts.membership[s] & ((assign == PARK) | (assign == DOWN)))
+        sinks = np.flatnonzero(facts.membership[s] & ((col == PARK) | (col == DOWN)))
         if sinks.size:
             w[sinks[0]] += excess
         else:
+            # A shared part is never saturated (its stream has less than the whole device).
             sat = _saturated(facts, m, s, caps, r_s) & mine
+            own = mine & ~batch.virtual
             if sat.any():
                 j = int(np.argmax(np.where(sat, r_s, -1.0)))
                 w[j] += excess
+            elif own.any():  # its own devices serve more; a shared part would take the other's time
+                spread = np.where(own, r_s, 0.0) if r_s[own].sum() > 0 else own.astype(float)
+                w = w + excess * spread / float(spread.sum())
             else:
                 w = r_s / tot
         weights[s] = w
+    n_dev = batch.phys.n_devices
+    dev_rate = rate[:n_dev].copy()
+    dev_weights = weights[:, :n_dev].copy()
+    dev_assign = col[:n_dev].copy()
+    part_rate = np.zeros(n_dev)
+    for v in np.flatnonzero(batch.virtual):
+        d = int(batch.virt_dev[v - n_dev])
+        dev_rate[d] += rate[v]
+        dev_weights[:, d] += weights[:, v]
+        if col[v] >= 0 and rate[v] >= part_rate[d]:
+            dev_assign[d], part_rate[d] = col[v], rate[v]
     return Plan(
-        caps_w=caps,
-        weights=weights,
-        standby=assign == PARK,
-        rate=rate,
-        assign=assign,
+        caps_w=caps[:n_dev],
+        weights=dev_weights,
+        standby=col[:n_dev] == PARK,
+        rate=dev_rate,
+        assign=dev_assign,
+        shared=col[:n_dev] == SHARED,
         power_w=float(res.power[i]),
         work_rate=float(res.work[i]),
         method=method,

@@ -50,16 +50,20 @@ def _dev(i: int, idle: float, tdp: float, lo: float, peak: float) -> dict[str, A
     }
 
 
-def _oracle_tick(sc) -> tuple[float, bool]:
+def _first_tick(sc):  # type: ignore[no-untyped-def]
+    """The fleet's facts, its simulator and the true model of its first tick."""
     facts = FleetFacts.from_scenario(sc)
     sim = FleetSimulator(sc)
     c = sim.conditions()
-    plan = solve(
-        facts,
-        true_model(
-            facts, c.util, c.beta, c.demand_rate, c.slo_rate, c.ecc_storm, c.throttle, c.off_bus
-        ),
+    model = true_model(
+        facts, c.util, c.beta, c.demand_rate, c.slo_rate, c.ecc_storm, c.throttle, c.off_bus
     )
+    return facts, sim, model
+
+
+def _oracle_tick(sc) -> tuple[float, bool]:
+    facts, sim, model = _first_tick(sc)
+    plan = solve(facts, model)
     truth = sim.step(plan.caps_w, plan.weights, plan.standby).truth
     return float(truth.power_w.sum() / truth.served_rate.sum()), bool(truth.slo_violated.any())
 
@@ -178,11 +182,7 @@ def test_a_device_kept_awake_is_never_the_sink_of_a_dropped_share() -> None:
     phase = {"at_s": 0, "beta": 0.137, "util": 0.664}
     stream = {"id": "s", "demand_rate": 305.3, "devices": ["d0", "d1"], "phases": [phase]}
     sc = _scenario([tpu, cpu], [stream], ms=1.2)
-    facts = FleetFacts.from_scenario(sc)
-    c = FleetSimulator(sc).conditions()
-    model = true_model(
-        facts, c.util, c.beta, c.demand_rate, c.slo_rate, c.ecc_storm, c.throttle, c.off_bus
-    )
+    facts, _, model = _first_tick(sc)
     first = solve(facts, model)
     assert first.standby[1] and first.weights[0, 1] > 0  # the dropped share's sink
     kept = solve(facts, replace(model, awake=np.array([False, True])))
@@ -194,3 +194,42 @@ def test_a_device_kept_awake_is_never_the_sink_of_a_dropped_share() -> None:
         return float(truth.power_w.sum() / truth.served_rate.sum())
 
     assert j_per_unit(kept.weights) < 0.95 * j_per_unit(first.weights)  # 0.774 vs 0.860
+
+
+def _two_streams_on_three_gpus(demand_rate: float, b_devices: list[str]):
+    gpus = [_dev(i, 70, 700, 200, 1000.0) for i in range(3)]
+    phase = {"at_s": 0, "beta": 0.5, "util": 1.0}
+    return _scenario(
+        gpus,
+        [
+            {"id": "a", "demand_rate": demand_rate, "devices": ["d0", "d1"], "phases": [phase]},
+            {"id": "b", "demand_rate": demand_rate, "devices": b_devices, "phases": [phase]},
+        ],
+    )
+
+
+def test_a_device_both_streams_need_is_time_shared_and_both_slos_are_met() -> None:
+    # Each stream's SLO (1300 / 1.1 = 1182) needs its own GPU (1000) and part of d1: one stream
+    # per device and tick would starve one of them (generated-302's case).
+    facts, sim, model = _first_tick(_two_streams_on_three_gpus(1300.0, ["d1", "d2"]))
+    plan = solve(facts, model)
+    assert plan.method == "exact+share-moves"
+    assert plan.shared.tolist() == [False, True, False]
+    assert plan.weights[0, 1] > 0 and plan.weights[1, 1] > 0
+    truth = sim.step(plan.caps_w, plan.weights, plan.standby).truth
+    assert not truth.slo_violated.any()
+    # The solver's model of a shared device is the simulator's physics.time_share.
+    assert truth.power_w.sum() == pytest.approx(plan.power_w, rel=1e-6)
+    assert truth.served_rate.sum() == pytest.approx(plan.work_rate, rel=1e-6)
+
+
+def test_a_time_shared_stream_keeps_a_device_of_its_own() -> None:
+    # b runs on d1 only: sharing d1 would leave b no device of its own (nothing to take the
+    # share the plan does not serve, no readings that identify b), so d1 is not shared.
+    sc = _two_streams_on_three_gpus(900.0, ["d1"])
+    facts, _, model = _first_tick(sc)
+    plan = solve(facts, model)
+    assert not plan.shared.any()
+    assert plan.assign[1] == 1  # b's only device serves b
+    _, violated = _oracle_tick(sc)
+    assert not violated
