@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,16 +18,6 @@ pytestmark = pytest.mark.gpu
 
 # What every data-center NVIDIA GPU answers; anything else may legitimately be None.
 ALWAYS_PRESENT = ("power_w", "cap_w", "temp_c", "mem_used_bytes", "mem_total_bytes", "clock_sm_mhz")
-
-
-@pytest.fixture(scope="module")
-def nvml() -> Iterator[NvmlBackend]:
-    backend = NvmlBackend("gpu-test")
-    availability = backend.probe()
-    if not availability.available:
-        pytest.skip(f"NVML unavailable: {availability.reason}")
-    yield backend
-    backend.close()
 
 
 def test_discover(nvml: NvmlBackend) -> None:
