@@ -161,11 +161,9 @@ def _share_moves(
     classes: list[tuple[list[int], tuple[int, ...]]],
 ) -> NDArray[np.int64]:
     """The best ``SHARE_FROM`` single-stream configurations, each with one device moved to each
-    of its time-sharing options (the exact enumeration of shares multiplies the configurations
-    by up to ``1 + len(SHARE_CAP_LEVELS) * len(SHARE_SPLITS)`` per shareable device). Identical
-    devices are interchangeable, so each class's codes are sorted and repeats dropped."""
-    scores = np.array([_score(res, i) for i in range(len(assign))])
-    top = np.argsort(scores, kind="stable")[:SHARE_FROM]
+    of its time-sharing options (see the module docstring). Identical devices are
+    interchangeable, so each class's codes are sorted and repeats dropped."""
+    top = np.argsort(_scores(res), kind="stable")[:SHARE_FROM]
     rows = []
     for i in top:
         for d, o in enumerate(opts):
@@ -284,7 +282,7 @@ def _local_search(batch: _Batch, opts: list[tuple[int, ...]]) -> NDArray[np.int6
             break
         arr = np.array(cands)
         res = batch.solve(arr)
-        scores = [_score(res, i) for i in range(len(arr))]
+        scores = _scores(res)
         i = int(np.argmin(scores))
         if scores[i] >= best:
             break
@@ -293,12 +291,17 @@ def _local_search(batch: _Batch, opts: list[tuple[int, ...]]) -> NDArray[np.int6
     return np.array(seen)
 
 
+def _scores(res: _Result) -> Array:
+    """Per configuration: J/unit when feasible; infeasible ones after all feasible, by shortfall."""
+    return np.where(res.feasible, 0.0, 1e18 * (1.0 + res.shortfall)) + res.ratio
+
+
 def _score(res: _Result, i: int) -> float:
-    return (0.0 if res.feasible[i] else 1e18 * (1.0 + res.shortfall[i])) + float(res.ratio[i])
+    return float(_scores(res)[i])
 
 
 def _pick(res: _Result) -> int:
-    return int(np.argmin([_score(res, i) for i in range(len(res.ratio))]))
+    return int(np.argmin(_scores(res)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,9 +384,7 @@ class _Batch:
             rows = np.flatnonzero(sh)
             codes[rows, d] = SHARED
             cap[rows, d] = c
-            for v in np.flatnonzero(self.virtual):
-                if self.virt_dev[v - n_dev] != d:
-                    continue
+            for v in n_dev + np.flatnonzero(self.virt_dev == d):
                 sv = self.virt_stream[v - n_dev]
                 first, second = s == sv, t == sv
                 use = first | second
@@ -411,10 +412,9 @@ class _Batch:
         a = self.dyn * x_lo ** (1.0 - b) / self.pk
         member = (assign[:, None, :] == np.arange(n_str)[None, :, None]).astype(float)
         capacity = (member * r_max[:, None, :]).sum(axis=2)
-        slo = m.slo_rate * (1.0 + SLO_MARGIN)
-        upper = np.maximum(m.demand_rate, slo)
-        lower = np.broadcast_to(slo, capacity.shape)
-        short = np.maximum(lower - capacity, 0.0)
+        lower = m.slo_rate * (1.0 + SLO_MARGIN)
+        upper = np.maximum(m.demand_rate, lower)
+        short = np.maximum(lower[None, :] - capacity, 0.0)
         feasible = (short <= 1e-12 * np.maximum(lower, 1.0)).all(axis=1)
         shortfall = (short / np.maximum(lower, 1e-12)).sum(axis=1)
         # A time-shared stream keeps a working device of its own: it takes the share the plan
@@ -425,7 +425,7 @@ class _Batch:
         orphan = (member * self.virtual[None, None, :]).any(axis=2) & ~dedicated
         feasible &= ~orphan.any(axis=1)
         shortfall = shortfall + orphan.sum(axis=1)
-        lo_t = np.minimum(lower, capacity)
+        lo_t = np.minimum(lower[None, :], capacity)
         hi_t = np.minimum(upper[None, :], capacity)
         p = _Params(u, b, ud, x_lo, r_lo, r_max, a, on, self.pk, self.dyn, fixed, member)
         # Awake, down, waking and shared devices draw idle; virtual columns add no device.

@@ -50,7 +50,7 @@ def _dev(i: int, idle: float, tdp: float, lo: float, peak: float) -> dict[str, A
     }
 
 
-def _first_tick(sc):  # type: ignore[no-untyped-def]
+def _first_tick(sc):
     """The fleet's facts, its simulator and the true model of its first tick."""
     facts = FleetFacts.from_scenario(sc)
     sim = FleetSimulator(sc)
