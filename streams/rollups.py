@@ -48,21 +48,37 @@ class FleetRollup:
         self._emitted: set[tuple[float, int]] = set()
         self._newest_end_ns: dict[float, int] = {}  # per window size
         self.re_emitted_total = 0
+        self._due: dict[tuple[float, int], None] = {}  # windows to emit, during add_batch
 
     def add(self, agg: Aggregate) -> list[Aggregate]:
         """Take one aggregate (anything but host scope is ignored); return the fleet windows
         that are complete now, oldest first."""
-        if agg.scope != "host":
-            return []
+        return self.add_batch([agg])
+
+    def add_batch(self, aggs: list[Aggregate]) -> list[Aggregate]:
+        """Take a batch of aggregates; return each fleet window they completed or changed once,
+        in the order they first did: a batch of 500 late host windows of one fleet window sums
+        the fleet once, not 500 times (the roll-up was quadratic in the hosts that lag)."""
+        due = self._due = {}
+        try:
+            for agg in aggs:
+                if agg.scope == "host":
+                    self._note(agg)
+            return [fleet_rollup(list(self._windows[key].values())) for key in due]
+        finally:
+            self._due = {}
+
+    def _note(self, agg: Aggregate) -> None:
         key = (agg.window_s, agg.window_start_ns)
         hosts = self._windows.setdefault(key, {})
         hosts[agg.key] = agg
         if key in self._emitted:
             self.re_emitted_total += 1
-            return [fleet_rollup(list(hosts.values()))]
+            self._due[key] = None
+            return
         newest = max(self._newest_end_ns.get(agg.window_s, agg.window_end_ns), agg.window_end_ns)
         self._newest_end_ns[agg.window_s] = newest
-        return self._complete(agg.window_s, newest)
+        self._complete(agg.window_s, newest)
 
     def flush(self) -> list[Aggregate]:
         """Emit every window not emitted yet (shutdown)."""
@@ -73,19 +89,23 @@ class FleetRollup:
                 out.append(fleet_rollup(list(self._windows[key].values())))
         return out
 
-    def _complete(self, window_s: float, newest_end_ns: int) -> list[Aggregate]:
+    def _complete(self, window_s: float, newest_end_ns: int) -> None:
+        """Mark due the windows of ``window_s`` that ``newest_end_ns`` completes; forget the
+        ones emitted long enough ago (not one that is due in this batch)."""
         window_ns = round(window_s * _NS_PER_S)
-        out = []
         for key in sorted(k for k in self._windows if k[0] == window_s):
             start = key[1]
             end = start + window_ns
             if key not in self._emitted and end + self.lateness_ns <= newest_end_ns - window_ns:
                 self._emitted.add(key)
-                out.append(fleet_rollup(list(self._windows[key].values())))
-            elif key in self._emitted and end + self.keep_windows * window_ns < newest_end_ns:
+                self._due[key] = None
+            elif (
+                key in self._emitted
+                and key not in self._due
+                and end + self.keep_windows * window_ns < newest_end_ns
+            ):
                 del self._windows[key]
                 self._emitted.discard(key)
-        return out
 
     @property
     def open_windows(self) -> int:
@@ -172,8 +192,8 @@ class RollupLoop:
 
     async def _process(self, batch: list[tuple[Token, Any]]) -> list[Token]:
         """Roll the batch's host windows up; return the records now done."""
-        fleet: dict[tuple[float, int], Aggregate] = {}
         done: list[Token] = []
+        hosts: list[Aggregate] = []
         for token, record in batch:
             try:
                 agg = codec.decode(Aggregate, record.value or b"")
@@ -182,8 +202,8 @@ class RollupLoop:
                 done.append(token)
                 continue
             self._held.setdefault((agg.window_s, agg.window_start_ns), []).append(token)
-            for f in self.rollup.add(agg):
-                fleet[(f.window_s, f.window_start_ns)] = f  # the newest version wins
+            hosts.append(agg)
+        fleet = {(f.window_s, f.window_start_ns): f for f in self.rollup.add_batch(hosts)}
         pending = [
             await self.aggregates_topic.send(key=b"fleet", value=codec.encode(f), force=True)
             for f in fleet.values()

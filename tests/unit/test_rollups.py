@@ -47,6 +47,27 @@ def test_a_late_host_re_emits_its_window_and_duplicates_change_nothing() -> None
     assert r.re_emitted_total == 2
 
 
+def test_a_batch_of_late_hosts_sums_their_fleet_window_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import accelpilot.streams.rollups as rollups
+
+    r = FleetRollup(allowed_lateness_s=0.0)
+    r.add(host_window("a", 0, 100.0))
+    (emitted,) = r.add(host_window("a", 2, 100.0))
+    calls: list[int] = []
+
+    def counted(hosts: list[Aggregate]) -> Aggregate:
+        calls.append(len(hosts))
+        return fleet_rollup(hosts)
+
+    monkeypatch.setattr(rollups, "fleet_rollup", counted)
+    late = [host_window(f"h{i:03d}", 0, 10.0) for i in range(300)]
+    (again,) = r.add_batch(late)  # one re-emit, not 300
+    assert calls == [301]  # a and the 300 late hosts
+    assert again.window_start_ns == emitted.window_start_ns
+    assert again == fleet_rollup([host_window("a", 0, 100.0), *late])
+    assert r.re_emitted_total == 300
+
+
 def test_other_scopes_are_ignored_and_flush_emits_the_rest() -> None:
     r = FleetRollup(allowed_lateness_s=5.0)
     assert r.add(host_window("a/gpu0", 0, 1.0, scope="device")) == []
