@@ -652,6 +652,9 @@ def bench_pipeline(
     devices: Annotated[int, typer.Option(help="GPUs per host.")] = 8,
     ticks: Annotated[int, typer.Option(help="Ticks per host in the throughput phase.")] = 60,
     latency_s: Annotated[float, typer.Option(help="Seconds of the latency phase.")] = 15.0,
+    latency_load: Annotated[
+        float, typer.Option(help="Latency phase rate, as a fraction of the measured drain rate.")
+    ] = 0.5,
     naive_hosts: Annotated[int, typer.Option(help="Hosts for the naive design.")] = 100,
     naive_ticks: Annotated[int, typer.Option(help="Ticks for the naive design.")] = 10,
     profile: Annotated[
@@ -670,6 +673,7 @@ def bench_pipeline(
         devices=devices,
         ticks=ticks,
         latency_s=latency_s,
+        latency_load=latency_load,
         naive_hosts=naive_hosts,
         naive_ticks=naive_ticks,
         profile=profile,

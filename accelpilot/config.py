@@ -90,6 +90,21 @@ class WorkerSettings(_Section):
     # Tumbling aggregate windows (event time) and how late a sample may arrive.
     windows_s: tuple[float, ...] = (10.0, 60.0)
     allowed_lateness_s: float = Field(5.0, ge=0, le=600)
+    # A host's complete windows are closed up to this long after they are complete (a fixed
+    # fraction of it per host), so the hosts that cross a window boundary in the same second
+    # do not close ~9 windows each in one batch in front of every sample behind it. 0: at once.
+    # Used up to half the smallest window (the fleet roll-up relies on closes within a
+    # window; a host more than a window behind the wall clock is closed at once anyway).
+    close_spread_s: float = Field(5.0, ge=0, le=600)
+    # Raw samples to InfluxDB (measurement device_sample: the Grafana device panels and the
+    # collector-silent / device-silent alert rules read it): "all" writes every sample; "every"
+    # one sample per device per raw_every_s (a sample whose ts_ns falls in the first interval_s
+    # of each raw_every_s: the same samples on a replay). At most 30 s, so those rules still
+    # count >= 2 samples a minute. Aggregates, anomalies and alerts are written either way; how
+    # long raw points are kept is the retention policy the worker writes to
+    # (influx.retention_policy).
+    raw_samples: Literal["all", "every"] = "all"
+    raw_every_s: float = Field(10.0, gt=0, le=30)
     # The cluster this worker group serves (one Kafka pipeline per cluster; several may write
     # one InfluxDB): every point the worker writes is tagged cluster=<this>.
     cluster: str = DEFAULT_CLUSTER

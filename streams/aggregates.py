@@ -81,9 +81,11 @@ consumer offsets, so that whatever is read again after a restart is a replay.
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import math
 import operator
+import zlib
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -405,7 +407,12 @@ class WindowAggregator:
     """
 
     def __init__(
-        self, window_s: float, allowed_lateness_s: float, host_idle_s: float | None = None
+        self,
+        window_s: float,
+        allowed_lateness_s: float,
+        host_idle_s: float | None = None,
+        *,
+        close_spread_s: float | None = None,
     ) -> None:
         if not (window_s > 0 and math.isfinite(window_s)):
             raise ValueError(f"window_s={window_s} must be > 0 and finite")
@@ -428,6 +435,16 @@ class WindowAggregator:
         self.late_dropped_total = 0
         self.duplicates_total = 0
         self.fleet_missed_host_windows_total = 0
+        # Deferred closes (see close_due): None closes windows inside add().
+        spread_ok = close_spread_s is None or (
+            close_spread_s >= 0 and math.isfinite(close_spread_s)
+        )
+        if not spread_ok:
+            raise ValueError(f"close_spread_s={close_spread_s} must be >= 0 and finite")
+        self.close_spread_s = close_spread_s
+        self._spread_ns = None if close_spread_s is None else round(close_spread_s * _NS_PER_S)
+        self._due: dict[str, int] = {}  # host id -> its close deadline (ns, the caller's clock)
+        self._due_heap: list[tuple[int, str]] = []
 
     # -- feeding --------------------------------------------------------------------------------
     def add(self, sample: HostSample, values: FloatArray | None = None) -> list[Aggregate]:
@@ -468,7 +485,12 @@ class WindowAggregator:
         if wm > host.closed_until_ns:
             host.closed_until_ns = wm
             if (min(host.windows) + 1) * window_ns <= wm:
+                if self._spread_ns is not None:
+                    self._due.setdefault(host.host_id, _NEVER)  # deadline set by close_due
+                    return out
                 self._close_host(host, wm, out)
+        if self._spread_ns is not None:
+            return out
         nxt = self._fleet_next_end_ns
         if nxt is not None and nxt <= self._global_max_ns - self._lateness_ns:
             self._emit_fleet(out, self._fleet_watermark())
@@ -485,8 +507,56 @@ class WindowAggregator:
                 host.closed_until_ns = max(host.closed_until_ns, end)
                 self._close_host(host, end, out)
                 until_ns = max(until_ns, end)
-        self._emit_fleet(out, until_ns)
+        self._due.clear()
+        self._due_heap.clear()
+        if self._spread_ns is None:
+            self._emit_fleet(out, until_ns)
         return out
+
+    def close_due(self, now_ns: int) -> list[Aggregate]:
+        """With ``close_spread_s`` set: close the windows that :meth:`add` found complete, each
+        host at its deadline, and return their aggregates (hosts in deadline order).
+
+        A host whose windows became complete at ``t`` (the first call that sees it) is closed
+        at ``t + close_spread_s x f(host)``, ``f`` a fixed fraction in [0, 1) per host id (CRC-32):
+        when every host crosses a window boundary in the same second, their closes are spread
+        over ``close_spread_s`` instead of landing in one batch in front of every sample behind
+        it. A host more than one window behind ``now_ns`` (its newest sample older: a backlog,
+        a replay) is closed at once: spread there, hosts would close out of event-time order
+        across hosts, and the roll-up would emit fleet windows before their hosts arrived and
+        again after. (Live, a fleet window waits for a host window two windows later, which
+        comes after every host's spread close as long as the spread is under a window.)
+        Statistics are those of immediate closing (a window's samples are complete when it
+        is due; its energy's right edge may see its next sample more often). Until its window is
+        closed a host's samples in it are not acknowledged (:meth:`closed_until_ns`). No fleet
+        windows are made in this mode (the worker's roll-up stage makes them)."""
+        if self._spread_ns is None:
+            raise ValueError("close_due needs an aggregator made with close_spread_s")
+        due, heap, hosts = self._due, self._due_heap, self._hosts
+        behind_ns = now_ns - self._window_ns
+        for host_id, deadline in due.items():
+            if deadline == _NEVER:
+                if hosts[host_id].max_ts_ns < behind_ns:
+                    deadline = now_ns  # a backlog or a replay: nothing waits behind it live
+                else:
+                    frac = zlib.crc32(host_id.encode()) / 2**32
+                    deadline = now_ns + round(self._spread_ns * frac)
+                due[host_id] = deadline
+                heapq.heappush(heap, (deadline, host_id))
+        out: list[Aggregate] = []
+        while heap and heap[0][0] <= now_ns:
+            deadline, host_id = heapq.heappop(heap)
+            if due.get(host_id) != deadline:
+                continue  # closed meanwhile (idle, flushed, resumed)
+            del due[host_id]
+            host = self._hosts[host_id]
+            self._close_host(host, host.closed_until_ns, out)
+        return out
+
+    @property
+    def due_hosts(self) -> int:
+        """Hosts with complete windows waiting for :meth:`close_due` (a gauge)."""
+        return len(self._due)
 
     def close_idle_hosts(self, idle_s: float, now_ns: int | None = None) -> list[Aggregate]:
         """Close every open window of hosts silent for ``idle_s``, so a host that stopped
@@ -513,6 +583,7 @@ class WindowAggregator:
         for host in sorted(idle, key=lambda h: h.host_id):
             end = (max(host.windows) + 1) * self._window_ns
             host.closed_until_ns = max(host.closed_until_ns, end)
+            self._due.pop(host.host_id, None)
             self._close_host(host, end, out)
         return out
 
@@ -527,12 +598,22 @@ class WindowAggregator:
             host.closed_until_ns = written_until_ns
             for w in [w for w in host.windows if (w + 1) * self._window_ns <= written_until_ns]:
                 del host.windows[w]
+            if host.host_id in self._due and not self._has_due(host):
+                del self._due[host.host_id]
+
+    def _has_due(self, host: _Host) -> bool:
+        return bool(host.windows) and (min(host.windows) + 1) * self._window_ns <= (
+            host.closed_until_ns
+        )
 
     def closed_until_ns(self, host_id: str) -> int | None:
-        """Windows of ``host_id`` ending at or before this are closed (None: nothing closed)."""
+        """Windows of ``host_id`` ending at or before this are closed and emitted (None: nothing
+        closed); a complete window still waiting for :meth:`close_due` is not."""
         host = self._hosts.get(host_id)
         if host is None or host.closed_until_ns == _NEVER:
             return None
+        if host.windows:
+            return min(host.closed_until_ns, min(host.windows) * self._window_ns)
         return host.closed_until_ns
 
     @property
@@ -560,6 +641,8 @@ class WindowAggregator:
             devices, host_agg = self._close_window(host, host.windows.pop(w))
             out.extend(devices)
             out.append(host_agg)
+            if self._spread_ns is not None:
+                continue  # no fleet windows when closes are deferred
             if host_agg.window_end_ns <= self._fleet_done_until_ns:
                 self.fleet_missed_host_windows_total += 1
             else:
@@ -735,12 +818,14 @@ class WindowAggregator:
         return msgspec.msgpack.encode(state)
 
     @classmethod
-    def from_state(cls, data: bytes) -> WindowAggregator:
-        """An aggregator that continues exactly where the one that wrote ``data`` was."""
+    def from_state(cls, data: bytes, *, close_spread_s: float | None = None) -> WindowAggregator:
+        """An aggregator that continues exactly where the one that wrote ``data`` was (with
+        ``close_spread_s``: deferring closes; its complete windows are due from the first
+        :meth:`close_due`)."""
         st = msgspec.msgpack.decode(data, type=_AggregatorState)
         if st.v != _STATE_VERSION:
             raise ValueError(f"aggregator state v{st.v} is not v{_STATE_VERSION}")
-        agg = cls(st.window_s, st.allowed_lateness_s, st.host_idle_s)
+        agg = cls(st.window_s, st.allowed_lateness_s, st.host_idle_s, close_spread_s=close_spread_s)
         for hs in st.hosts:
             host = agg._new_host(hs.host_id)
             host.max_ts_ns, host.closed_until_ns, host.last = (
@@ -752,6 +837,8 @@ class WindowAggregator:
             host.windows = {ws.index: _restore_window(ws) for ws in hs.windows}
             agg._host_max[host.index] = hs.max_ts_ns
             agg._global_max_ns = max(agg._global_max_ns, hs.max_ts_ns)
+            if close_spread_s is not None and agg._has_due(host):
+                agg._due[host.host_id] = _NEVER
         agg._fleet_pending = {w: dict(a) for w, a in st.fleet_pending.items()}
         if agg._fleet_pending:
             agg._fleet_next_end_ns = (min(agg._fleet_pending) + 1) * agg._window_ns

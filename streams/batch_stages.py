@@ -72,11 +72,17 @@ class BatchStages:
         # Every line is tagged with the cluster this worker group serves (worker.cluster).
         self.cluster = w.cluster
         self.sample_format = SampleFormatter(w.cluster)
+        # Which samples get raw lines (worker.raw_samples): all, or one per raw_every_s.
+        self.raw_samples = w.raw_samples
+        self.raw_every_ns = round(w.raw_every_s * 1e9)
         self.aggregate_format = AggregateFormatter(w.cluster)
         self.clock = clock  # ns; wall time (time.time_ns) when None
         self.max_future_ns = int(w.max_future_skew_s * 1e9)
         self.windows_s = list(w.windows_s)
         self.allowed_lateness_s = w.allowed_lateness_s
+        # At most half the smallest window: the fleet roll-up needs every host's window closed
+        # before a window later.
+        self.close_spread_s = min(2 * w.close_spread_s, *w.windows_s) / 2
         # The durable record of each host's windows already written (streams/host_state.py),
         # looked up once per host after each reset.
         self.host_record = host_record
@@ -98,7 +104,8 @@ class BatchStages:
         :attr:`observed_ns` (a drain that timed out); replayed samples after it are detected
         again."""
         self.aggregators = [
-            WindowAggregator(win, self.allowed_lateness_s) for win in self.windows_s
+            WindowAggregator(win, self.allowed_lateness_s, close_spread_s=self.close_spread_s)
+            for win in self.windows_s
         ]
         self.gate = AckGate(self.aggregators)
         self._resumed = set()
@@ -143,13 +150,15 @@ class BatchStages:
         values: list[FloatArray] = []
         rejected: list[tuple[int, Exception]] = []
         sample_lines = self.sample_format.lines
+        raw_all, every_ns = self.raw_samples == "all", self.raw_every_ns
         for i, raw in enumerate(raws):
             try:
                 sample = ingest_sample(raw, now_ns, self.max_future_ns)
             except Exception as e:  # never crash on input: every failure is a dead letter
                 rejected.append((i, e))
                 continue
-            lines += sample_lines(sample)
+            if raw_all or sample.ts_ns % every_ns < sample.interval_s * 1e9:
+                lines += sample_lines(sample)
             accepted.append(sample)
             values.append(sample_values(sample))  # one conversion for detection and windows
             held.append(tokens[i])
@@ -184,15 +193,17 @@ class BatchStages:
         aggregators, gate = self.aggregators, self.gate
         for sample, token, values in zip(out.accepted, out.held, out.values, strict=True):
             for aggregator in aggregators:
-                aggregates += aggregator.add(sample, values)
+                aggregator.add(sample, values)  # complete windows wait for close_due
             gate.hold(sample.host_id, sample.ts_ns, token)
-        # Silence by the wall clock: a partition read behind another is not a silent one.
+        # The hosts whose deadline came (worker.close_spread_s), then the silent ones. Silence
+        # is by the wall clock: a partition read behind another is not a silent one.
         now_ns = time.time_ns() if self.clock is None else self.clock()
         for aggregator in aggregators:
+            aggregates += aggregator.close_due(now_ns)
             aggregates += aggregator.close_idle_hosts(self.idle_s, now_ns)
-        # Fleet roll-ups need every partition: the fleet-rollup agent (streams/rollups.py) builds
-        # them from every worker's host windows.
-        out.aggregates = [a for a in aggregates if a.scope != "fleet"]
+        # Fleet roll-ups need every partition: the roll-up stage (streams/rollups.py) builds
+        # them from every worker's host windows (these aggregators make none).
+        out.aggregates = aggregates
         aggregate_line = self.aggregate_format.line
         out.lines += [aggregate_line(a) for a in out.aggregates]
         # Only hosts that sent samples or had windows closed can release anything.

@@ -18,8 +18,10 @@ Phases, all in one run, each on its own topics and database (removed at the end)
    per message (``streams/bench_naive.py``), measured the same way as phase 1.
 5. **Floors**, to say where the time goes: ``stages`` = the worker's pure per-batch code
    (:class:`~accelpilot.streams.batch_stages.BatchStages`, payload encoding included) in this
-   process per CPU second, no Kafka, no InfluxDB; ``faust_noop`` = a faust agent that only
-   acks (``noack_take`` batching) draining the same backlog, in its own process;
+   process per CPU second, no Kafka, no InfluxDB (``stages_raw_every_10s``: the same with one
+   raw sample line per device per 10 s, ``worker.raw_samples = "every"``); ``faust_noop`` = a
+   faust agent that only acks (``noack_take`` batching) draining the same backlog, in its own
+   process;
    ``aiokafka_getmany`` = the same backlog read by a bare aiokafka consumer in this process.
 
 All processes share this machine's cores (broker, InfluxDB, worker, this process): the figures
@@ -351,6 +353,17 @@ def bench_pipeline(
         # -- phase 5: floors
         result["floors"] = {
             "stages": _stages(run, per_host),
+            # The same with worker.raw_samples = "every" (one raw sample per device per 10 s).
+            "stages_raw_every_10s": _stages(
+                run.model_copy(
+                    update={
+                        "worker": run.worker.model_copy(
+                            update={"raw_samples": "every", "raw_every_s": 10.0}
+                        )
+                    }
+                ),
+                per_host,
+            ),
             "faust_noop": _faust_noop(run, tmp, len(messages), devices, timeout_s),
             "aiokafka_getmany": _aiokafka_getmany(run, len(messages), devices),
         }
@@ -431,7 +444,8 @@ def _stages(run: Settings, per_host: list[list[HostSample]]) -> dict[str, Any]:
 
     ticks, devices = len(per_host[0]), len(per_host[0][0].device_ids)
     raws = [codec.encode(per_host[h][k]) for k in range(ticks) for h in range(len(per_host))]
-    stages = BatchStages(run.worker)
+    # Closes at once (close_spread_s 0): the same work, all of it inside the timed span.
+    stages = BatchStages(run.worker.model_copy(update={"close_spread_s": 0.0}))
     batch = run.worker.batch_max
     now_ns = time.time_ns()
     payloads = 0
@@ -669,7 +683,20 @@ def _latency(
             raise RuntimeError("the worker exited during the latency warm-up")
         time.sleep(0.1)
     warmup_s = time.monotonic() - t_warm
-    progress(f"latency warm-up (windows left by the backlog closed) took {warmup_s:.1f}s")
+    # The windows that tick completed close over worker.close_spread_s: wait for that, and for
+    # the worker to go quiet (under a quarter of a core over half a second), at most 60 s.
+    ps, t_settle = _python_of(worker), time.monotonic()
+    time.sleep(run.worker.close_spread_s)
+    while time.monotonic() - t_settle < 60:
+        c0 = _cpu_s(ps)
+        time.sleep(0.5)
+        if _cpu_s(ps) - c0 < 0.125:
+            break
+    settle_s = time.monotonic() - t_settle
+    progress(
+        f"latency warm-up (windows left by the backlog closed) took {warmup_s:.1f}s, "
+        f"then {settle_s:.1f}s for the worker to go quiet"
+    )
     t_start_ns = time.time_ns()
 
     threads = [threading.Thread(target=f, daemon=True) for f in (read_alerts, poll_influx)]
@@ -729,6 +756,7 @@ def _latency(
     progress(f"latency phase: {achieved:.0f} device-samples/s offered, {len(alert_lat)} alerts")
     return {
         "warmup_s": round(warmup_s, 2),
+        "settle_s": round(settle_s, 2),
         "target_device_samples_per_s": round(rate, 1),
         "offered_device_samples_per_s": round(achieved, 1),
         "duration_s": round(elapsed, 2),

@@ -78,7 +78,7 @@ def test_a_replay_from_inside_a_written_window_does_not_rewrite_it() -> None:
     """A worker wrote [60 s, 120 s) and died with the committed offset at 91 s; its successor,
     given the host's record, drops 91..119 s (acking them) instead of writing the window
     again from those samples alone, and writes the next windows complete."""
-    w = WorkerSettings(windows_s=(10.0, 60.0), allowed_lateness_s=0.0)
+    w = WorkerSettings(windows_s=(10.0, 60.0), allowed_lateness_s=0.0, close_spread_s=0.0)
     samples = list(synthetic_samples("h1", n_devices=2, n_ticks=200, start_ns=T0))
     raws = [codec.encode(s) for s in samples]
     now = T0 + 200 * 10**9
@@ -99,7 +99,7 @@ def test_a_replay_from_inside_a_written_window_does_not_rewrite_it() -> None:
 
 
 def test_reset_windows_looks_the_records_up_again() -> None:
-    w = WorkerSettings(windows_s=(10.0,), allowed_lateness_s=0.0)
+    w = WorkerSettings(windows_s=(10.0,), allowed_lateness_s=0.0, close_spread_s=0.0)
     records: dict[str, HostRecord] = {}
     stages = BatchStages(w, clock=lambda: T0, host_record=records.get)
     raws = [codec.encode(s) for s in synthetic_samples("h1", n_devices=1, n_ticks=30, start_ns=T0)]
@@ -127,7 +127,7 @@ def test_an_open_alert_episode_moves_with_the_host_record() -> None:
     """The worker that detected a thermal episode dies with it open; its successor, given the
     host's record, goes on with the same episode (one id, resolved once) and does not detect
     the replayed samples again."""
-    w = WorkerSettings(windows_s=(10.0,), allowed_lateness_s=0.0)
+    w = WorkerSettings(windows_s=(10.0,), allowed_lateness_s=0.0, close_spread_s=0.0)
     samples = list(synthetic_samples("h1", n_devices=2, n_ticks=80, start_ns=T0))
     samples = _hot(samples, range(30, 50))
     raws = [codec.encode(s) for s in samples]
