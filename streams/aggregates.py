@@ -445,6 +445,7 @@ class WindowAggregator:
         self._spread_ns = None if close_spread_s is None else round(close_spread_s * _NS_PER_S)
         self._due: dict[str, int] = {}  # host id -> its close deadline (ns, the caller's clock)
         self._due_heap: list[tuple[int, str]] = []
+        self._newly_due: list[str] = []  # due since the last close_due, deadline not yet set
 
     # -- feeding --------------------------------------------------------------------------------
     def add(self, sample: HostSample, values: FloatArray | None = None) -> list[Aggregate]:
@@ -484,11 +485,11 @@ class WindowAggregator:
         wm = ts - self._lateness_ns
         if wm > host.closed_until_ns:
             host.closed_until_ns = wm
-            if (min(host.windows) + 1) * window_ns <= wm:
-                if self._spread_ns is not None:
-                    self._due.setdefault(host.host_id, _NEVER)  # deadline set by close_due
-                    return out
-                self._close_host(host, wm, out)
+            if self._has_due(host):
+                if self._spread_ns is None:
+                    self._close_host(host, wm, out)
+                else:
+                    self._mark_due(host.host_id)
         if self._spread_ns is not None:
             return out
         nxt = self._fleet_next_end_ns
@@ -509,6 +510,7 @@ class WindowAggregator:
                 until_ns = max(until_ns, end)
         self._due.clear()
         self._due_heap.clear()
+        self._newly_due.clear()
         if self._spread_ns is None:
             self._emit_fleet(out, until_ns)
         return out
@@ -534,15 +536,16 @@ class WindowAggregator:
             raise ValueError("close_due needs an aggregator made with close_spread_s")
         due, heap, hosts = self._due, self._due_heap, self._hosts
         behind_ns = now_ns - self._window_ns
-        for host_id, deadline in due.items():
-            if deadline == _NEVER:
-                if hosts[host_id].max_ts_ns < behind_ns:
-                    deadline = now_ns  # a backlog or a replay: nothing waits behind it live
-                else:
-                    frac = zlib.crc32(host_id.encode()) / 2**32
-                    deadline = now_ns + round(self._spread_ns * frac)
-                due[host_id] = deadline
-                heapq.heappush(heap, (deadline, host_id))
+        for host_id in self._newly_due:
+            if due.get(host_id) != _NEVER:
+                continue  # closed meanwhile (idle, resumed)
+            if hosts[host_id].max_ts_ns < behind_ns:
+                deadline = now_ns  # a backlog or a replay: nothing waits behind it live
+            else:
+                deadline = now_ns + round(self._spread_ns * zlib.crc32(host_id.encode()) / 2**32)
+            due[host_id] = deadline
+            heapq.heappush(heap, (deadline, host_id))
+        self._newly_due.clear()
         out: list[Aggregate] = []
         while heap and heap[0][0] <= now_ns:
             deadline, host_id = heapq.heappop(heap)
@@ -601,7 +604,14 @@ class WindowAggregator:
             if host.host_id in self._due and not self._has_due(host):
                 del self._due[host.host_id]
 
+    def _mark_due(self, host_id: str) -> None:
+        """``host_id`` has complete windows: :meth:`close_due` sets its deadline."""
+        if host_id not in self._due:
+            self._due[host_id] = _NEVER
+            self._newly_due.append(host_id)
+
     def _has_due(self, host: _Host) -> bool:
+        """The host's oldest open window is complete (its end reached by the watermark)."""
         return bool(host.windows) and (min(host.windows) + 1) * self._window_ns <= (
             host.closed_until_ns
         )
@@ -838,7 +848,7 @@ class WindowAggregator:
             agg._host_max[host.index] = hs.max_ts_ns
             agg._global_max_ns = max(agg._global_max_ns, hs.max_ts_ns)
             if close_spread_s is not None and agg._has_due(host):
-                agg._due[host.host_id] = _NEVER
+                agg._mark_due(host.host_id)
         agg._fleet_pending = {w: dict(a) for w, a in st.fleet_pending.items()}
         if agg._fleet_pending:
             agg._fleet_next_end_ns = (min(agg._fleet_pending) + 1) * agg._window_ns

@@ -48,7 +48,6 @@ class FleetRollup:
         self._emitted: set[tuple[float, int]] = set()
         self._newest_end_ns: dict[float, int] = {}  # per window size
         self.re_emitted_total = 0
-        self._due: dict[tuple[float, int], None] = {}  # windows to emit, during add_batch
 
     def add(self, agg: Aggregate) -> list[Aggregate]:
         """Take one aggregate (anything but host scope is ignored); return the fleet windows
@@ -59,26 +58,23 @@ class FleetRollup:
         """Take a batch of aggregates; return each fleet window they completed or changed once,
         in the order they first did: a batch of 500 late host windows of one fleet window sums
         the fleet once, not 500 times (the roll-up was quadratic in the hosts that lag)."""
-        due = self._due = {}
-        try:
-            for agg in aggs:
-                if agg.scope == "host":
-                    self._note(agg)
-            return [fleet_rollup(list(self._windows[key].values())) for key in due]
-        finally:
-            self._due = {}
+        due: dict[tuple[float, int], None] = {}  # the windows to emit, in order
+        for agg in aggs:
+            if agg.scope == "host":
+                self._note(agg, due)
+        return [fleet_rollup(list(self._windows[key].values())) for key in due]
 
-    def _note(self, agg: Aggregate) -> None:
+    def _note(self, agg: Aggregate, due: dict[tuple[float, int], None]) -> None:
         key = (agg.window_s, agg.window_start_ns)
         hosts = self._windows.setdefault(key, {})
         hosts[agg.key] = agg
         if key in self._emitted:
             self.re_emitted_total += 1
-            self._due[key] = None
+            due[key] = None
             return
         newest = max(self._newest_end_ns.get(agg.window_s, agg.window_end_ns), agg.window_end_ns)
         self._newest_end_ns[agg.window_s] = newest
-        self._complete(agg.window_s, newest)
+        self._complete(agg.window_s, newest, due)
 
     def flush(self) -> list[Aggregate]:
         """Emit every window not emitted yet (shutdown)."""
@@ -89,19 +85,21 @@ class FleetRollup:
                 out.append(fleet_rollup(list(self._windows[key].values())))
         return out
 
-    def _complete(self, window_s: float, newest_end_ns: int) -> None:
-        """Mark due the windows of ``window_s`` that ``newest_end_ns`` completes; forget the
-        ones emitted long enough ago (not one that is due in this batch)."""
+    def _complete(
+        self, window_s: float, newest_end_ns: int, due: dict[tuple[float, int], None]
+    ) -> None:
+        """Add to ``due`` the windows of ``window_s`` that ``newest_end_ns`` completes; forget
+        the ones emitted long enough ago (not one that is due in this batch)."""
         window_ns = round(window_s * _NS_PER_S)
         for key in sorted(k for k in self._windows if k[0] == window_s):
             start = key[1]
             end = start + window_ns
             if key not in self._emitted and end + self.lateness_ns <= newest_end_ns - window_ns:
                 self._emitted.add(key)
-                self._due[key] = None
+                due[key] = None
             elif (
                 key in self._emitted
-                and key not in self._due
+                and key not in due
                 and end + self.keep_windows * window_ns < newest_end_ns
             ):
                 del self._windows[key]
