@@ -320,7 +320,7 @@ class LearnedPolicy:
         key = model.key()
         plan = self._cache.get(key)
         if plan is None:
-            plan = solve(self.facts, model, max_configs=self.max_configs)
+            plan = solve(self.facts, model, max_configs=self.max_configs, sole_shares_last=True)
             self.solves += 1
             self.methods.add(plan.method)
             if len(self._cache) > 4096:

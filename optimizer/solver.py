@@ -22,11 +22,15 @@ its estimates). The math is derived in docs/optimizer.md; in short:
   ``1 + 12 x (stream pairs)`` per shareable device, so they are *share moves*: the best
   ``SHARE_FROM`` single-stream configurations, each with one device moved to each of its shares
   (method ``+share-moves``).
-  A time-shared stream must keep a working device of its own (it takes the share the plan does
-  not serve, and its readings identify the stream for LearnedPolicy). Without sharing a device
-  served one stream per tick, and a stream that needs part of a device another stream also
-  needs was starved (generated-302). Internally each shareable device gets one *virtual
-  column* per stream it may serve.
+  A time-shared stream with a working device of its own gives it the share the plan does not
+  serve; one served by shared parts only (its one device is shared) is planned at its whole
+  demand, so its weight on the part asks the device for exactly what the plan gives it
+  (generated-518). Such a stream gives LearnedPolicy no reading of its own (it learns from
+  devices serving one stream), so its solve takes those configurations only when no other
+  meets the SLO (``sole_shares_last``). Without sharing a device served one stream per tick,
+  and a stream that needs part of a device another stream also needs was starved
+  (generated-302). Internally each shareable device gets one *virtual column* per stream it
+  may serve.
 * Configurations are enumerated exactly, up to symmetry (identical devices are interchangeable,
   so only *how many* of a class take each option matters). Past ``max_configs`` the solver falls
   back to a documented relaxation: local search over single-device moves from "all awake".
@@ -127,15 +131,23 @@ class Plan:
         return self.power_w / self.work_rate if self.work_rate > 0 else math.inf
 
 
-def solve(facts: FleetFacts, model: TickModel, *, max_configs: int = MAX_CONFIGS) -> Plan:
-    """The tick's optimum (see the module docstring)."""
+def solve(
+    facts: FleetFacts,
+    model: TickModel,
+    *,
+    max_configs: int = MAX_CONFIGS,
+    sole_shares_last: bool = False,
+) -> Plan:
+    """The tick's optimum (see the module docstring). ``sole_shares_last``: a configuration
+    that serves a stream by time-shared parts only is picked only when no other meets the SLO
+    (LearnedPolicy: such a stream gives no reading of its own, see the module docstring)."""
     opts = _options(facts, model)
     single = [tuple(v for v in o if v > _SHARE_BASE) for o in opts]
     classes = _classes(facts, model, single)
     n_conf = 1
     for devs, o in classes:
         n_conf *= math.comb(len(devs) + len(o) - 1, len(o) - 1)
-    batch = _Batch(facts, model, opts)
+    batch = _Batch(facts, model, opts, sole_shares_last=sole_shares_last)
     if n_conf <= max_configs:
         assign = _enumerate(classes, facts.n_devices)
         method = "exact"
@@ -293,7 +305,9 @@ def _local_search(batch: _Batch, opts: list[tuple[int, ...]]) -> NDArray[np.int6
 
 def _scores(res: _Result) -> Array:
     """Per configuration: J/unit when feasible; infeasible ones after all feasible, by shortfall."""
-    return np.where(res.feasible, 0.0, 1e18 * (1.0 + res.shortfall)) + res.ratio
+    return np.where(res.feasible, np.where(res.demoted, 1e9, 0.0), 1e18 * (1.0 + res.shortfall)) + (
+        res.ratio
+    )
 
 
 def _score(res: _Result, i: int) -> float:
@@ -317,6 +331,7 @@ class _Result:
     ratio: Array  # (C,)
     feasible: Mask  # (C,)
     shortfall: Array  # (C,) relative unmet SLO when infeasible
+    demoted: Mask  # (C,) feasible, but ranked after every other feasible one (sole_shares_last)
 
 
 class _Batch:
@@ -324,7 +339,15 @@ class _Batch:
     (shareable device, stream it may serve) for the time-shared parts (see the module docstring).
     """
 
-    def __init__(self, facts: FleetFacts, m: TickModel, opts: list[tuple[int, ...]]) -> None:
+    def __init__(
+        self,
+        facts: FleetFacts,
+        m: TickModel,
+        opts: list[tuple[int, ...]],
+        *,
+        sole_shares_last: bool = False,
+    ) -> None:
+        self.sole_shares_last = sole_shares_last
         self.phys = facts
         self.phys_model = m
         n_dev = facts.n_devices
@@ -417,15 +440,18 @@ class _Batch:
         short = np.maximum(lower[None, :] - capacity, 0.0)
         feasible = (short <= 1e-12 * np.maximum(lower, 1.0)).all(axis=1)
         shortfall = (short / np.maximum(lower, 1e-12)).sum(axis=1)
-        # A time-shared stream keeps a working device of its own: it takes the share the plan
-        # does not serve (see _realize; a shared part would take the other stream's time), and
-        # its readings keep identifying the stream (LearnedPolicy learns from devices that
-        # serve one stream). Without one the configuration counts as that stream wholly short.
+        # A time-shared stream with a working device of its own gives it the share the plan
+        # does not serve (see _realize; a shared part would take the other stream's time). One
+        # served by shared parts only (its one device is shared: generated-518) is planned at
+        # its whole demand, so its weight on a part asks the device for exactly what the plan
+        # gives it; a configuration whose parts cannot carry that demand counts as short.
         dedicated = (member * (on & ~self.virtual)[:, None, :]).any(axis=2)
-        orphan = (member * self.virtual[None, None, :]).any(axis=2) & ~dedicated
-        feasible &= ~orphan.any(axis=1)
-        shortfall = shortfall + orphan.sum(axis=1)
-        lo_t = np.minimum(lower[None, :], capacity)
+        sole = (member * self.virtual[None, None, :]).any(axis=2) & ~dedicated
+        unserved = sole & (capacity < m.demand_rate[None, :] * (1.0 - 1e-12))
+        feasible &= ~unserved.any(axis=1)
+        shortfall = shortfall + unserved.sum(axis=1)
+        demoted = sole.any(axis=1) if self.sole_shares_last else np.zeros(len(assign), dtype=bool)
+        lo_t = np.minimum(np.where(sole, upper[None, :], lower[None, :]), capacity)
         hi_t = np.minimum(upper[None, :], capacity)
         p = _Params(u, b, ud, x_lo, r_lo, r_max, a, on, self.pk, self.dyn, fixed, member)
         # Awake, down, waking and shared devices draw idle; virtual columns add no device.
@@ -489,7 +515,7 @@ class _Batch:
         none_active = not (m.demand_rate > 0).any()
         if none_active:
             ratio = power  # nothing to serve: least power wins
-        return _Result(r, caps, power, work, ratio, feasible, shortfall)
+        return _Result(r, caps, power, work, ratio, feasible, shortfall, demoted)
 
 
 @dataclass(slots=True)

@@ -223,12 +223,36 @@ def test_a_device_both_streams_need_is_time_shared_and_both_slos_are_met() -> No
     assert truth.served_rate.sum() == pytest.approx(plan.work_rate, rel=1e-6)
 
 
-def test_a_time_shared_stream_keeps_a_device_of_its_own() -> None:
-    # b runs on d1 only: sharing d1 would leave b no device of its own (nothing to take the
-    # share the plan does not serve, no readings that identify b), so d1 is not shared.
+def test_a_stream_whose_only_device_is_shared_is_served_its_whole_demand() -> None:
+    # b runs on d1 only; a's SLO (1300 / 1.1 = 1182) needs d0 (1000) and part of d1. One stream
+    # per device and tick starved one of them (generated-518: b's device went to b, a missed its
+    # SLO for 300 ticks). Sharing d1 serves b its whole demand, so b's weight on d1 asks the
+    # device for exactly what the plan gives it and a gets the rest of d1's time.
+    phase = {"at_s": 0, "beta": 0.5, "util": 1.0}
+    sc = _scenario(
+        [_dev(i, 70, 700, 200, 1000.0) for i in range(2)],
+        [
+            {"id": "a", "demand_rate": 1300.0, "devices": ["d0", "d1"], "phases": [phase]},
+            {"id": "b", "demand_rate": 300.0, "devices": ["d1"], "phases": [phase]},
+        ],
+    )
+    facts, _, model = _first_tick(sc)
+    for sole_last in (False, True):  # nothing else meets the SLO: the learned policy shares too
+        plan = solve(facts, model, sole_shares_last=sole_last)
+        assert plan.shared.tolist() == [False, True]
+        truth = FleetSimulator(sc).step(plan.caps_w, plan.weights, plan.standby).truth
+        assert not truth.slo_violated.any()
+        assert truth.served_rate[1] == pytest.approx(300.0, rel=1e-9)
+        assert truth.served_rate.sum() == pytest.approx(plan.work_rate, rel=1e-6)
+        assert truth.power_w.sum() == pytest.approx(plan.power_w, rel=1e-6)
+
+
+def test_a_sole_share_comes_last_for_the_learned_policy() -> None:
+    # b runs on d1 only and d0 alone meets a's SLO: the learned policy's solve gives d1 to b
+    # whole (b's readings then identify it), whatever a share might save.
     sc = _two_streams_on_three_gpus(900.0, ["d1"])
     facts, _, model = _first_tick(sc)
-    plan = solve(facts, model)
+    plan = solve(facts, model, sole_shares_last=True)
     assert not plan.shared.any()
     assert plan.assign[1] == 1  # b's only device serves b
     _, violated = _oracle_tick(sc)
