@@ -105,7 +105,7 @@ risks. Counters that go down (driver reload) rebase without counting. Strictly s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -334,17 +334,26 @@ class FailureRisk:
 
     def add_devices(self, device_ids: Sequence[str], host_id: str = "") -> None:
         """Append devices not yet known (existing rows keep their order)."""
-        new = [d for d in dict.fromkeys(device_ids) if d not in self.index]
-        if not new:
+        self.add_hosts([(host_id, device_ids)])
+
+    def add_hosts(self, hosts: Iterable[tuple[str, Sequence[str]]]) -> None:
+        """:meth:`add_devices` for several ``(host_id, device_ids)`` at once, in that order:
+        one append of every array (a call per host made a fleet's first tick, or restoring a
+        checkpoint, quadratic in its devices: 12 s of CPU at 8,000 hosts x 8)."""
+        codes: list[int] = []
+        for host_id, device_ids in hosts:
+            new = [d for d in dict.fromkeys(device_ids) if d not in self.index]
+            if not new:
+                continue
+            codes += [self._code(host_id)] * len(new)
+            for d in new:
+                self.index[d] = len(self.device_ids)
+                self.device_ids.append(d)
+                self.host_ids.append(host_id)
+        k = len(codes)
+        if not k:
             return
-        k = len(new)
-        for d in new:
-            self.index[d] = len(self.device_ids)
-            self.device_ids.append(d)
-            self.host_ids.append(host_id)
-        self._host_code = np.concatenate(
-            [self._host_code, np.array([self._code(host_id)] * k, np.int64)]
-        )
+        self._host_code = np.concatenate([self._host_code, np.array(codes, np.int64)])
         self.features.add_rows(k)
         self.model_risk = np.concatenate([self.model_risk, np.zeros(k)])
         n_r = len(RULES)
@@ -597,17 +606,23 @@ class FailureRisk:
         )
 
     def restore_host(self, host_id: str, state: bytes) -> None:
-        s = msgspec.msgpack.decode(state, type=_HostState)
-        if not s.devices:
-            return
-        rows = self.rows_of(host_id, s.devices)
-        for name in self._ROW_ARRAYS:
-            target = getattr(self, name)
-            target[rows] = np.asarray(s.arrays[name], dtype=target.dtype)
-        feats = self.features.state
-        feats[rows] = np.asarray(s.arrays["features"], dtype=feats.dtype)
-        if s.last_ts_ns is not None:
-            self.last_ts_ns[host_id] = s.last_ts_ns
+        self.restore_hosts([(host_id, state)])
+
+    def restore_hosts(self, states: Sequence[tuple[str, bytes]]) -> None:
+        """:meth:`restore_host` for several hosts: their new devices appended at once (one at
+        a time, restoring a rebalance's hosts was quadratic: 7.7 s at 8,000 hosts x 8)."""
+        decoded = [(h, msgspec.msgpack.decode(st, type=_HostState)) for h, st in states]
+        decoded = [(h, s) for h, s in decoded if s.devices]
+        self.add_hosts((h, s.devices) for h, s in decoded)
+        for host_id, s in decoded:
+            rows = self.rows_of(host_id, s.devices)
+            for name in self._ROW_ARRAYS:
+                target = getattr(self, name)
+                target[rows] = np.asarray(s.arrays[name], dtype=target.dtype)
+            feats = self.features.state
+            feats[rows] = np.asarray(s.arrays["features"], dtype=feats.dtype)
+            if s.last_ts_ns is not None:
+                self.last_ts_ns[host_id] = s.last_ts_ns
 
     def get_state(self) -> bytes:
         """A msgspec (msgpack) checkpoint; :meth:`from_state` rebuilds an identical scorer."""
@@ -655,8 +670,7 @@ class FailureRisk:
             if s.v < 2
             else (None if s.model is None else FailureModel.from_dict(s.model, "checkpoint")),
         )
-        for d, h in zip(s.device_ids, s.host_ids, strict=True):
-            obj.add_devices([d], h)
+        obj.add_hosts((h, [d]) for d, h in zip(s.device_ids, s.host_ids, strict=True))
         n_r, n_c = len(RULES), len(_COUNTERS)
         n = len(s.device_ids)
         obj.level = np.array(s.level, dtype=np.float64).reshape(n, n_r)

@@ -153,8 +153,7 @@ def run_traces(spec: TraceSpec, *, stride: int = 5) -> Traces:
         trace += [k] * len(sc.device_ids)
     n = len(ids)
     fr = FailureRisk([], model=None)
-    for d, h in zip(ids, hosts, strict=True):
-        fr.add_devices([d], h)
+    fr.add_hosts((h, [d]) for d, h in zip(ids, hosts, strict=True))
     rows = np.arange(n)
     bounds = np.cumsum([0, *[len(fl.sim.device_ids) for fl in fleets]])
     tick_s = fleets[0].scenario.tick_s

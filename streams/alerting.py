@@ -740,7 +740,10 @@ class DeviceMonitor:
         self.host_devices: dict[str, list[str]] = {}
         self.power_prev = np.full(capacity, np.nan)
         self.power_noise = np.zeros(capacity)
+        # The layout of each host's current device list (one per host: a host whose devices
+        # change gets a new one).
         self._layouts: dict[tuple[str, tuple[str, ...]], _Layout] = {}
+        self._layout_key: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -773,9 +776,15 @@ class DeviceMonitor:
             np.array([where[d] for d in sample.device_ids], np.int64),
             self.risk.rows_of(sample.host_id, known),
         )
-        self._layouts = {k: v for k, v in self._layouts.items() if k[0] != sample.host_id}
+        self._forget_layout(sample.host_id)
         self._layouts[key] = hit
+        self._layout_key[sample.host_id] = key
         return hit
+
+    def _forget_layout(self, host_id: str) -> None:
+        key = self._layout_key.pop(host_id, None)
+        if key is not None:
+            del self._layouts[key]
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -814,6 +823,9 @@ class DeviceMonitor:
     ) -> tuple[list[AnomalyScore], list[Alert]]:
         if not samples:
             return [], []
+        new = [s for s in samples if (s.host_id, tuple(s.device_ids)) not in self._layouts]
+        if new:  # the failure-risk rows of every new host at once (one append of its arrays)
+            self.risk.add_hosts((s.host_id, s.device_ids) for s in new)
         layouts = [self._layout(s) for s in samples]
         sizes = [len(lay.known) for lay in layouts]
         n = sum(sizes)
@@ -931,12 +943,21 @@ class DeviceMonitor:
     def restore_host(self, host_id: str, state: bytes) -> None:
         """Put back :meth:`host_state`'s checkpoint of one host (a record written before the
         detectors' rows were carried has none: those detectors warm up again)."""
-        parts = msgspec.msgpack.decode(state, type=dict[str, bytes])
-        if "detectors" in parts:
-            self._restore_detector_rows(host_id, parts["detectors"])
-        self.engine.restore_host(host_id, parts["engine"], self.host_devices.get(host_id, []))
-        self.risk.restore_host(host_id, parts["risk"])
-        self._layouts = {k: v for k, v in self._layouts.items() if k[0] != host_id}
+        self.restore_hosts({host_id: state})
+
+    def restore_hosts(self, states: dict[str, bytes]) -> None:
+        """:meth:`restore_host` for several hosts (a rebalance's): the failure-risk rows of all
+        of them in one go."""
+        risk = []
+        for host_id, state in states.items():
+            parts = msgspec.msgpack.decode(state, type=dict[str, bytes])
+            if "detectors" in parts:
+                self._restore_detector_rows(host_id, parts["detectors"])
+            devices = self.host_devices.get(host_id, [])
+            self.engine.restore_host(host_id, parts["engine"], devices)
+            risk.append((host_id, parts["risk"]))
+            self._forget_layout(host_id)
+        self.risk.restore_hosts(risk)
 
     def _slot_arrays(self) -> dict[str, tuple[Any, str]]:
         """Every per-device-slot array (first axis = the slot capacity) of the detectors and of

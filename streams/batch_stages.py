@@ -113,22 +113,30 @@ class BatchStages:
         # not reset; or by the host's previous owner: raised in _resume from its record).
         self._skip_until_ns = dict(self.observed_ns if landed_ns is None else landed_ns)
 
-    def _resume(self, host_id: str) -> None:
-        self._resumed.add(host_id)
-        record = None if self.host_record is None else self.host_record(host_id)
-        if record is None:
-            return
-        for aggregator in self.aggregators:
-            end = record.written_until_ns(aggregator.window_s)
-            if end is not None:
-                aggregator.resume_host(host_id, end)
-        if record.detection and record.observed_ns > self.observed_ns.get(host_id, -1):
-            # Another worker (or this one before a restart) detected up to ``observed_ns``:
-            # go on with its open episodes, and leave its samples to it (detect).
-            self.monitor.restore_host(host_id, record.detection)
-            log.info("%s: detection state restored as of %d", host_id, record.observed_ns)
-            self.observed_ns[host_id] = record.observed_ns
-            self._skip_until_ns[host_id] = record.observed_ns
+    def _resume(self, host_ids: Iterable[str]) -> None:
+        """The first samples of ``host_ids`` since a reset: seed their windows and detection
+        from their records (every host of a batch at once: a rebalance's thousands of hosts
+        restored one by one took time quadratic in them)."""
+        detection: dict[str, bytes] = {}
+        for host_id in host_ids:
+            self._resumed.add(host_id)
+            record = None if self.host_record is None else self.host_record(host_id)
+            if record is None:
+                continue
+            for aggregator in self.aggregators:
+                end = record.written_until_ns(aggregator.window_s)
+                if end is not None:
+                    aggregator.resume_host(host_id, end)
+            if record.detection and record.observed_ns > self.observed_ns.get(host_id, -1):
+                # Another worker (or this one before a restart) detected up to
+                # ``observed_ns``: go on with its open episodes, and leave its samples to it.
+                detection[host_id] = record.detection
+                log.debug("%s: detection state restored as of %d", host_id, record.observed_ns)
+                self.observed_ns[host_id] = record.observed_ns
+                self._skip_until_ns[host_id] = record.observed_ns
+        if detection:
+            self.monitor.restore_hosts(detection)
+            log.info("detection state restored for %d hosts", len(detection))
 
     def detection_states(self, hosts: Iterable[str]) -> dict[str, tuple[bytes, int]]:
         """Per host of ``hosts`` that detection has seen: its detection state and the newest
@@ -166,11 +174,12 @@ class BatchStages:
         # samples not detected already (a replay after a rebalance or restart: those up to the
         # host record's ``observed_ns`` were, by the worker whose engine state it carries).
         resumed, skip, observed = self._resumed, self._skip_until_ns, self.observed_ns
+        new_hosts = [h for h in dict.fromkeys(s.host_id for s in accepted) if h not in resumed]
+        if new_hosts:
+            self._resume(new_hosts)
         fresh, fresh_values = [], []
         for sample, v in zip(accepted, values, strict=True):
             host = sample.host_id
-            if host not in resumed:
-                self._resume(host)
             if sample.ts_ns <= skip.get(host, -1):
                 continue
             fresh.append(sample)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -178,3 +179,36 @@ def test_a_host_slice_scores_on_elsewhere_as_before() -> None:
         ra, ea = a.update(s)
         rb, eb = b.update(s)
         assert ra.tolist() == rb[rows].tolist() and ea == [eb[i] for i in rows]
+
+
+def test_add_hosts_lays_out_rows_as_one_call_per_host_would() -> None:
+    """Several hosts at once (a fleet's first tick, a rebalance's restore) give every device
+    the row, host and host code that one add_devices per host, in the same order, gives."""
+    hosts = [("a", ["a/0", "a/1"]), ("b", ["b/0"]), ("a", ["a/1", "a/2"]), ("c", []),
+             ("d", ["b/0", "d/0", "d/0"])]  # fmt: skip
+    one, each = FailureRisk(["x/0"]), FailureRisk(["x/0"])
+    one.add_hosts(hosts)
+    for host, devs in hosts:
+        each.add_devices(devs, host)
+    assert one.device_ids == each.device_ids == ["x/0", "a/0", "a/1", "b/0", "a/2", "d/0"]
+    assert one.host_ids == each.host_ids
+    assert one._host_code.tolist() == each._host_code.tolist()
+    for name in (*FailureRisk._ROW_ARRAYS, "model_risk", "new_uncorrected", "xid_code"):
+        a, b = getattr(one, name), getattr(each, name)
+        assert a.shape == b.shape and np.array_equal(a, b, equal_nan=True), name
+    assert np.array_equal(one.features.state, each.features.state, equal_nan=True)
+
+
+def test_restore_hosts_puts_back_what_restore_host_does_for_each() -> None:
+    a = FailureRisk([])
+    devices = {h: [f"{h}/gpu0", f"{h}/gpu1"] for h in ("h", "g")}
+    for s_h, s_g in zip(_varied_streams(seed=0)[:30], _varied_streams(seed=1)[:30], strict=True):
+        a.update(s_h)
+        a.update(msgspec.structs.replace(s_g, host_id="g", device_ids=devices["g"]))
+    states = [(h, a.host_state(h, devs)) for h, devs in devices.items()]
+    together, one_by_one = FailureRisk(["x/0"]), FailureRisk(["x/0"])
+    together.restore_hosts(states)
+    for h, st in states:
+        one_by_one.restore_host(h, st)
+    assert together.get_state() == one_by_one.get_state()
+    assert together.device_ids == ["x/0", *devices["h"], *devices["g"]]

@@ -276,3 +276,32 @@ def test_growing_the_detectors_keeps_what_they_learned(detector: str) -> None:
 
     expected = scores(big)
     assert expected and scores(small) == expected
+
+
+def test_restoring_a_rebalances_hosts_together_is_restoring_each() -> None:
+    """``restore_hosts`` (what the worker does for a batch's new hosts) puts back what
+    ``restore_host`` of each does: the next scores and every learned number are the same."""
+    from accelpilot.streams.alerting import DeviceMonitor
+
+    hosts = ["h1", "h2", "h3"]
+    ticks = {h: list(synthetic_samples(h, n_devices=2, n_ticks=60, start_ns=T0, seed=i))
+             for i, h in enumerate(hosts)}  # fmt: skip
+    old = DeviceMonitor()
+    for k in range(40):
+        old.observe_batch([ticks[h][k] for h in hosts])
+    states = old.host_states(hosts)
+    together, each = DeviceMonitor(), DeviceMonitor()
+    together.restore_hosts(states)
+    for h in hosts:
+        each.restore_host(h, states[h])
+
+    def scores(mon: DeviceMonitor) -> list[tuple[str, str, int, float]]:
+        got = []
+        for k in range(40, 60):
+            anomalies, _ = mon.observe_batch([ticks[h][k] for h in hosts])
+            got += [(a.detector, a.device_id, a.ts_ns, a.score) for a in anomalies]
+        return got
+
+    assert scores(together) == scores(each)
+    assert together.host_states(hosts) == each.host_states(hosts)
+    assert together.risk.get_state() == each.risk.get_state()
