@@ -33,6 +33,14 @@ from accelpilot.streams.ingest import ingest_sample
 log = logging.getLogger(__name__)
 
 
+def raw_line_due(sample: HostSample, every_ns: int | None) -> bool:
+    """Whether ``sample`` gets raw ``device_sample`` lines: always (``every_ns`` None,
+    ``worker.raw_samples = "all"``), else the samples whose ``ts_ns`` falls in the first
+    ``interval_s`` of each ``every_ns`` period (a function of the sample alone, so a replay
+    writes the same points)."""
+    return every_ns is None or sample.ts_ns % every_ns < sample.interval_s * 1e9
+
+
 class InternalError(SchemaError):
     """A bug of ours met while handling one message: it goes to the DLQ, the worker goes on."""
 
@@ -158,14 +166,14 @@ class BatchStages:
         values: list[FloatArray] = []
         rejected: list[tuple[int, Exception]] = []
         sample_lines = self.sample_format.lines
-        raw_all, every_ns = self.raw_samples == "all", self.raw_every_ns
+        every_ns = None if self.raw_samples == "all" else self.raw_every_ns
         for i, raw in enumerate(raws):
             try:
                 sample = ingest_sample(raw, now_ns, self.max_future_ns)
             except Exception as e:  # never crash on input: every failure is a dead letter
                 rejected.append((i, e))
                 continue
-            if raw_all or sample.ts_ns % every_ns < sample.interval_s * 1e9:
+            if raw_line_due(sample, every_ns):
                 lines += sample_lines(sample)
             accepted.append(sample)
             values.append(sample_values(sample))  # one conversion for detection and windows

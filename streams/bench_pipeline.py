@@ -7,6 +7,9 @@ Phases, all in one run, each on its own topics and database (removed at the end)
    the bottleneck; then ONE worker process (``python -m accelpilot.cli worker``) drains the
    backlog. The rate is counted from the first to the last ``device_sample`` point visible in
    InfluxDB (``count(seq)``), the CPU from ``psutil`` over the same span (children included).
+   With ``worker.raw_samples = "every"`` a raw point stands for ``raw_every_s / interval_s``
+   device-samples, and the backlog is stamped so that its last tick is one that gets raw lines
+   (the last point then marks the end of the backlog).
 2. **InfluxDB alone.** The same line protocol written straight from this process (sync client,
    5000-line batches) into a scratch database: what the database takes when nothing else runs.
 3. **Latency (below saturation).** Ticks published at ``latency_load`` x the measured rate with
@@ -56,6 +59,7 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import ALERTS, ALL_TOPICS, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from accelpilot.stack.kafka import create_topics, delete_topics
+from accelpilot.streams.batch_stages import raw_line_due
 from accelpilot.streams.bench_naive import naive_messages
 from accelpilot.streams.bench_profile import py_spy_argv, summarize
 from accelpilot.streams.influx_lines import sample_lines
@@ -148,8 +152,10 @@ def _drain(
     want: int,
     timeout_s: float,
     log: Path,
-) -> dict[str, float]:
-    """Wait until ``want`` points are visible; rate and CPU from the first to the last one."""
+    samples_per_point: float = 1.0,
+) -> dict[str, Any]:
+    """Wait until ``want`` points are visible; rate and CPU from the first to the last one,
+    each point standing for ``samples_per_point`` device-samples."""
     ps = _python_of(proc)
     spawned = (time.monotonic(), 0, _cpu_s(ps))
     first: tuple[float, int, float] | None = None
@@ -171,10 +177,11 @@ def _drain(
     includes_startup = first[1] >= n
     t0, n0, cpu0 = spawned if includes_startup else first
     span = max(now - t0, 1e-6)
-    done = n - n0
+    done = (n - n0) * samples_per_point
     return {
         "counted": n,
         "wanted": want,
+        "device_samples_per_point": samples_per_point,
         "span_s": round(span, 3),
         "device_samples_per_s": round(done / span, 1),
         "cpu_s_per_million": round((cpu - cpu0) / max(done, 1) * 1e6, 2),
@@ -246,7 +253,10 @@ def bench_pipeline(
         producer = _producer(bootstrap, compression)
         # -- payloads, pre-encoded (tick-major: one batch spans the fleet, as in production)
         t0 = time.perf_counter()
-        start_ns = (time.time_ns() - (ticks + 5) * 10**9) // 10**9 * 10**9
+        # The last tick on a raw_every_s boundary: with raw_samples "every" it is a raw one.
+        every_ns = None if run.worker.raw_samples == "all" else round(run.worker.raw_every_s * 1e9)
+        period_ns = every_ns or 10**9
+        start_ns = (time.time_ns() - 5 * 10**9) // period_ns * period_ns - (ticks - 1) * 10**9
         per_host = [
             list(
                 synthetic_samples(
@@ -262,6 +272,7 @@ def bench_pipeline(
         ]
         gen_s = time.perf_counter() - t0
         n_samples = hosts * devices * ticks
+        raw_points = devices * sum(raw_line_due(s, every_ns) for h in per_host for s in h)
         progress(f"generated {len(messages)} messages ({n_samples} device-samples) in {gen_s:.1f}s")
 
         # -- phase 1: backlog, then one worker drains it
@@ -285,8 +296,11 @@ def bench_pipeline(
             progress("py-spy not found (pip install py-spy): running without a profile")
         worker = _spawn((spy or []) + argv, worker_log)
         procs.append(worker)
-        ours = _drain(worker, url, db, "seq", n_samples, timeout_s, worker_log)
+        ours = _drain(
+            worker, url, db, "seq", raw_points, timeout_s, worker_log, n_samples / raw_points
+        )
         ours["batch_max"] = run.worker.batch_max
+        ours["raw_samples"] = run.worker.raw_samples
         result["ours"] = ours
         if spy is not None:  # the drain only: py-spy writes its file once the worker exits
             _python_of(worker).terminate()
@@ -665,6 +679,10 @@ def _latency(
     # backlog (a burst of aggregates); timing starts once its marker point is visible, so the
     # latencies are those of the steady state, not of that burst.
     warm_ns = time.time_ns()
+    if run.worker.raw_samples == "every":  # a tick that gets raw lines: the next boundary
+        every_ns = round(run.worker.raw_every_s * 1e9)
+        warm_ns = (warm_ns // every_ns + 1) * every_ns
+        time.sleep(max(warm_ns - time.time_ns(), 0) / 1e9)
     for h in range(hosts):
         s = msgspec.structs.replace(per_host[h][-1], ts_ns=warm_ns, seq=len(per_host[h]))
         producer.send(topic, key=s.host_id.encode(), value=codec.encode(s))

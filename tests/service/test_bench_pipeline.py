@@ -62,3 +62,23 @@ def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
     # Its databases are gone afterwards.
     names = influxql(stack.influx.url, "SHOW DATABASES")["results"][0]["series"][0]["values"]
     assert not any(n[0].startswith(f"bench_{r['run_id']}") for n in names)
+
+
+def test_bench_pipeline_counts_a_drain_with_raw_samples_every_10s(stack: Settings) -> None:
+    """With ``worker.raw_samples = "every"`` a raw point stands for 10 device-samples and the
+    backlog ends on a raw tick, so the drain is counted to its end (it used to wait for ten
+    times the points that would ever come, then time out)."""
+    hosts, devices, ticks = 20, 8, 20
+    run = stack.model_copy(
+        update={
+            "worker": stack.worker.model_copy(update={"raw_samples": "every", "raw_every_s": 10.0})
+        }
+    )
+    r = bench_pipeline(
+        run, hosts=hosts, devices=devices, ticks=ticks, latency_s=2.0, fault_hosts=3,
+        naive_hosts=5, naive_ticks=2, timeout_s=120.0, progress=lambda _: None,
+    )  # fmt: skip
+    ours = r["ours"]
+    assert ours["raw_samples"] == "every" and ours["device_samples_per_point"] == 10.0
+    assert ours["counted"] == ours["wanted"] == hosts * devices * 2  # ticks 9 and 19
+    assert _number(ours["device_samples_per_s"]) and ours["device_samples_per_s"] > 0
