@@ -556,17 +556,19 @@ class FailureRisk:
         self.level[rows, j] = np.where(hit, level, old)
         self.value[rows, j] = np.where(hit & (level > 0), value, self.value[rows, j])
 
-    def risk(self) -> FloatArray:
-        """Current risk per device, ``(n_devices,)`` in ``[0, 1]``: the rules alone, or
-        ``max(known-fatal rules, model)`` (see the module docstring)."""
+    def risk(self, rows: np.ndarray | None = None) -> FloatArray:
+        """Current risk per device, ``(n_devices,)`` in ``[0, 1]`` (of ``rows`` only, when
+        given): the rules alone, or ``max(known-fatal rules, model)`` (see the module
+        docstring)."""
         if self.model is None:
-            return self.rules_risk()
-        return np.maximum(self.rules_risk(fatal_only=True), self.model_risk)
+            return self.rules_risk(rows)
+        model = self.model_risk if rows is None else self.model_risk[rows]
+        return np.maximum(self.rules_risk(rows, fatal_only=True), model)
 
-    def rules_risk(self, *, fatal_only: bool = False) -> FloatArray:
-        """The rules' risk (independent evidence); ``fatal_only``: without
-        :data:`MODEL_SUPERSEDES`."""
-        lv = np.clip(self.level, 0.0, 1.0)
+    def rules_risk(self, rows: np.ndarray | None = None, *, fatal_only: bool = False) -> FloatArray:
+        """The rules' risk (independent evidence) of every device or of ``rows``;
+        ``fatal_only``: without :data:`MODEL_SUPERSEDES`."""
+        lv = np.clip(self.level if rows is None else self.level[rows], 0.0, 1.0)
         w = self.weights * _FATAL if fatal_only else self.weights
         return 1.0 - np.prod(1.0 - w * lv, axis=1)
 

@@ -638,6 +638,48 @@ class _Detectors:
             make_detector(s.detector, capacity, **s.kwargs) for s in self.specs
         ]
         self.primed = False  # every detector has built its (lazily shaped) arrays
+        # Per detector: its per-slot arrays and the objects sized in series (score_slots).
+        self._rows_of: dict[int, tuple[list[tuple[Any, str]], list[Any]]] = {}
+
+    def score_slots(
+        self, k: int, slots: IntArray, values: FloatArray, ts_ns: int, present: BoolArray
+    ) -> FloatArray:
+        """Detector ``k``'s scores of ``slots`` (``values``, ``present``: one per slot of
+        ``slots``); the other slots are absent, which changes nothing of theirs.
+
+        A series-independent detector (``series_independent``: every per-slot array is its
+        own, an absent series learns nothing) runs on those slots' rows only: its per-slot
+        arrays are taken for them, updated and put back, the same numbers as a call over every
+        slot at a cost in the rows, not in the capacity (a worker's fleet). Others get every
+        slot.
+        """
+        det, cap = self.dets[k], self.capacity
+        if not getattr(det, "series_independent", False) or 2 * len(slots) > cap:
+            full = np.full(cap, np.nan)
+            full[slots] = values
+            mask = np.zeros(cap, bool)
+            mask[slots] = present
+            return det.update_score(full, ts_ns, mask)[slots]
+        self.prime()
+        if k not in self._rows_of:
+            arrays = list(_per_slot_arrays(det, cap, "").values())
+            self._rows_of[k] = (arrays, _series_sized(det))
+        arrays, sized = self._rows_of[k]
+        whole = [getattr(owner, name) for owner, name in arrays]
+        try:
+            for (owner, name), a in zip(arrays, whole, strict=True):
+                setattr(owner, name, a[slots])
+            for obj in sized:
+                obj.n_series = len(slots)
+            scores = det.update_score(values, ts_ns, present)
+            for (owner, name), a in zip(arrays, whole, strict=True):
+                a[slots] = getattr(owner, name)
+        finally:
+            for (owner, name), a in zip(arrays, whole, strict=True):
+                setattr(owner, name, a)
+            for obj in sized:
+                obj.n_series = cap
+        return scores
 
     def prime(self) -> None:
         """Have every detector build its arrays, with one all-absent call (which learns
@@ -661,6 +703,7 @@ class _Detectors:
             new.append(fresh)
         self.dets, self.capacity = new, capacity
         self.primed = True
+        self._rows_of.clear()
 
 
 class _SlotRows(msgspec.Struct):
@@ -686,6 +729,18 @@ def _per_slot_arrays(obj: Any, n: int, prefix: str) -> dict[str, tuple[Any, str]
                     found.update(_per_slot_arrays(item, n, f"{prefix}{k}.{i}."))
         elif _holds_state(v):
             found.update(_per_slot_arrays(v, n, f"{prefix}{k}."))
+    return found
+
+
+def _series_sized(obj: Any) -> list[Any]:
+    """``obj`` and the objects it holds (as :func:`_per_slot_arrays` walks them) that have an
+    ``n_series`` (a detector and an ensemble's members)."""
+    found = [obj] if isinstance(getattr(obj, "n_series", None), int) else []
+    for v in vars(obj).values():
+        items = v if isinstance(v, list | tuple) else [v]
+        for item in items:
+            if _holds_state(item):
+                found += _series_sized(item)
     return found
 
 
@@ -857,22 +912,18 @@ class DeviceMonitor:
         slots = np.concatenate([lay.slots for lay in layouts])
         risk_rows = np.concatenate([lay.risk_rows for lay in layouts])
 
-        # Detectors: every slot at once.
-        cap = self.detectors.capacity
-        present = np.zeros(cap, bool)
-        present[slots] = reporting
+        # Detectors: the group's slots (every other slot is absent this tick).
         scores: dict[tuple[str, str], FloatArray] = {}
         t_max = int(ts.max())
-        for spec, det in zip(self.detectors.specs, self.detectors.dets, strict=True):
-            values = np.full(cap, np.nan)
-            values[slots] = cols.get(spec.metric, nan)
-            sc = det.update_score(values, t_max, present)
-            scores[(spec.detector, spec.metric)] = np.where(reporting, sc[slots], 0.0)
+        for k, spec in enumerate(self.detectors.specs):
+            values = cols.get(spec.metric, nan)
+            sc = self.detectors.score_slots(k, slots, values, t_max, reporting)
+            scores[(spec.detector, spec.metric)] = np.where(reporting, sc, 0.0)
 
         # Failure risk.
         ev = parse_events(events, pos, n)
         self.risk.update_rows(risk_rows, cols, reporting, ev, n_int, interval)
-        risk = self.risk.risk()[risk_rows]
+        risk = self.risk.risk(risk_rows)
         mask = np.nan_to_num(cols.get("throttle_reasons_mask", nan)).astype(np.int64)
         sig = DeviceSignals(
             device_ids=device_ids,

@@ -32,6 +32,10 @@ from accelpilot.streams.ingest import ingest_sample
 
 log = logging.getLogger(__name__)
 
+#: Silent hosts are looked for at most this often (clock ns): the search walks every host of
+#: the worker, and the silence it looks for is over a minute long.
+IDLE_CHECK_NS = 10**9
+
 
 def raw_line_due(sample: HostSample, every_ns: int | None) -> bool:
     """Whether ``sample`` gets raw ``device_sample`` lines: always (``every_ns`` None,
@@ -104,6 +108,7 @@ class BatchStages:
         # A host silent this long (event time) has its open windows closed and its samples
         # acked.
         self.idle_s = max(w.windows_s) + w.allowed_lateness_s + 10.0
+        self._idle_checked_ns: int | None = None  # the clock at the last search
 
     def reset_windows(self, landed_ns: dict[str, int] | None = None) -> None:
         """Forget every open window (a rebalance: partitions are read again from their
@@ -215,9 +220,14 @@ class BatchStages:
         # The hosts whose deadline came (worker.close_spread_s), then the silent ones. Silence
         # is by the wall clock: a partition read behind another is not a silent one.
         now_ns = time.time_ns() if self.clock is None else self.clock()
+        last = self._idle_checked_ns
+        find_idle = last is None or now_ns - last >= IDLE_CHECK_NS
+        if find_idle:
+            self._idle_checked_ns = now_ns
         for aggregator in aggregators:
             aggregates += aggregator.close_due(now_ns)
-            aggregates += aggregator.close_idle_hosts(self.idle_s, now_ns)
+            if find_idle:
+                aggregates += aggregator.close_idle_hosts(self.idle_s, now_ns)
         # Fleet roll-ups need every partition: the roll-up stage (streams/rollups.py) builds
         # them from every worker's host windows (these aggregators make none).
         out.aggregates = aggregates

@@ -57,3 +57,27 @@ def _lagging_order() -> list[HostSample]:
     x = list(synthetic_samples("x", n_devices=1, n_ticks=400, start_ns=t0, seed=1))
     y = list(synthetic_samples("y", n_devices=1, n_ticks=400, start_ns=t0, seed=2))
     return [s for k in range(400) for s in ([x[k]] + ([y[k - 100]] if k >= 100 else []))]
+
+
+def test_the_worker_closes_a_silent_hosts_windows_within_a_second_of_idle_s() -> None:
+    """BatchStages looks for silent hosts at most once a second of its clock (the search walks
+    every host): with batches every 0.25 s, a host that stops is closed between ``idle_s`` and
+    ``idle_s`` + 1 s after the last batch that brought it a new sample, never before."""
+    from accelpilot.config import WorkerSettings
+    from accelpilot.schemas import codec
+    from accelpilot.streams.batch_stages import IDLE_CHECK_NS, BatchStages
+
+    t0 = 1_800_000_000 * 10**9
+    clock = [t0]
+    stages = BatchStages(WorkerSettings(close_spread_s=0.0), clock=lambda: clock[0])
+    samples = list(synthetic_samples("h1", n_devices=2, n_ticks=15, start_ns=t0 - 20 * 10**9))
+    raws = [codec.encode(s) for s in samples]
+    stages.run(raws, list(range(len(raws))), clock[0])  # h1's last new sample: at t0
+    closed_at = None
+    while closed_at is None and clock[0] < t0 + round((stages.idle_s + 5) * 1e9):
+        clock[0] += IDLE_CHECK_NS // 4
+        out = stages.run([], [], clock[0])
+        if any(a.scope == "host" for a in out.aggregates):
+            closed_at = (clock[0] - t0) / 1e9
+    assert closed_at is not None
+    assert stages.idle_s <= closed_at <= stages.idle_s + IDLE_CHECK_NS / 1e9
