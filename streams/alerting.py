@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -715,33 +715,34 @@ class _SlotRows(msgspec.Struct):
     rows: bytes  # float64 (devices, sum of the rows' sizes), C order
 
 
-def _per_slot_arrays(obj: Any, n: int, prefix: str) -> dict[str, tuple[Any, str]]:
-    """The arrays of ``obj`` (and of the objects it holds, directly or in a list or tuple, such
-    as an ensemble's members) whose first axis is ``n`` slots."""
-    found: dict[str, tuple[Any, str]] = {}
+def _state_objects(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``obj`` and the objects it holds, directly or in a list or tuple (such as an ensemble's
+    members), each with its path prefix."""
+    yield prefix, obj
     for k, v in vars(obj).items():
-        if isinstance(v, np.ndarray):
-            if v.ndim and v.shape[0] == n:
-                found[prefix + k] = (obj, k)
-        elif isinstance(v, list | tuple):
+        if isinstance(v, list | tuple):
             for i, item in enumerate(v):
                 if _holds_state(item):
-                    found.update(_per_slot_arrays(item, n, f"{prefix}{k}.{i}."))
+                    yield from _state_objects(item, f"{prefix}{k}.{i}.")
         elif _holds_state(v):
-            found.update(_per_slot_arrays(v, n, f"{prefix}{k}."))
-    return found
+            yield from _state_objects(v, f"{prefix}{k}.")
+
+
+def _per_slot_arrays(obj: Any, n: int, prefix: str) -> dict[str, tuple[Any, str]]:
+    """The arrays of ``obj`` and of the objects it holds (:func:`_state_objects`) whose first
+    axis is ``n`` slots."""
+    return {
+        path + k: (owner, k)
+        for path, owner in _state_objects(obj, prefix)
+        for k, v in vars(owner).items()
+        if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n
+    }
 
 
 def _series_sized(obj: Any) -> list[Any]:
-    """``obj`` and the objects it holds (as :func:`_per_slot_arrays` walks them) that have an
-    ``n_series`` (a detector and an ensemble's members)."""
-    found = [obj] if isinstance(getattr(obj, "n_series", None), int) else []
-    for v in vars(obj).values():
-        items = v if isinstance(v, list | tuple) else [v]
-        for item in items:
-            if _holds_state(item):
-                found += _series_sized(item)
-    return found
+    """``obj`` and the objects it holds that have an ``n_series`` (a detector and an
+    ensemble's members)."""
+    return [o for _, o in _state_objects(obj) if isinstance(getattr(o, "n_series", None), int)]
 
 
 def _holds_state(v: Any) -> bool:
