@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 IDLE_CHECK_NS = 10**9
 
 
+def raw_every_ns(w: WorkerSettings) -> int | None:
+    """The period of ``worker.raw_samples = "every"`` in ns; None for ``"all"``."""
+    return None if w.raw_samples == "all" else round(w.raw_every_s * 1e9)
+
+
 def raw_line_due(sample: HostSample, every_ns: int | None) -> bool:
     """Whether ``sample`` gets raw ``device_sample`` lines: always (``every_ns`` None,
     ``worker.raw_samples = "all"``), else the samples whose ``ts_ns`` falls in the first
@@ -85,8 +90,7 @@ class BatchStages:
         self.cluster = w.cluster
         self.sample_format = SampleFormatter(w.cluster)
         # Which samples get raw lines (worker.raw_samples): all, or one per raw_every_s.
-        self.raw_samples = w.raw_samples
-        self.raw_every_ns = round(w.raw_every_s * 1e9)
+        self.raw_every_ns = raw_every_ns(w)
         self.aggregate_format = AggregateFormatter(w.cluster)
         self.clock = clock  # ns; wall time (time.time_ns) when None
         self.max_future_ns = int(w.max_future_skew_s * 1e9)
@@ -171,7 +175,7 @@ class BatchStages:
         values: list[FloatArray] = []
         rejected: list[tuple[int, Exception]] = []
         sample_lines = self.sample_format.lines
-        every_ns = None if self.raw_samples == "all" else self.raw_every_ns
+        every_ns = self.raw_every_ns
         for i, raw in enumerate(raws):
             try:
                 sample = ingest_sample(raw, now_ns, self.max_future_ns)

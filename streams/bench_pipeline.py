@@ -59,7 +59,7 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import ALERTS, ALL_TOPICS, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from accelpilot.stack.kafka import create_topics, delete_topics
-from accelpilot.streams.batch_stages import raw_line_due
+from accelpilot.streams.batch_stages import raw_every_ns, raw_line_due
 from accelpilot.streams.bench_naive import naive_messages
 from accelpilot.streams.bench_profile import py_spy_argv, summarize
 from accelpilot.streams.influx_lines import sample_lines
@@ -254,7 +254,7 @@ def bench_pipeline(
         # -- payloads, pre-encoded (tick-major: one batch spans the fleet, as in production)
         t0 = time.perf_counter()
         # The last tick on a raw_every_s boundary: with raw_samples "every" it is a raw one.
-        every_ns = None if run.worker.raw_samples == "all" else round(run.worker.raw_every_s * 1e9)
+        every_ns = raw_every_ns(run.worker)
         period_ns = every_ns or 10**9
         start_ns = (time.time_ns() - 5 * 10**9) // period_ns * period_ns - (ticks - 1) * 10**9
         per_host = [
@@ -679,8 +679,8 @@ def _latency(
     # backlog (a burst of aggregates); timing starts once its marker point is visible, so the
     # latencies are those of the steady state, not of that burst.
     warm_ns = time.time_ns()
-    if run.worker.raw_samples == "every":  # a tick that gets raw lines: the next boundary
-        every_ns = round(run.worker.raw_every_s * 1e9)
+    every_ns = raw_every_ns(run.worker)
+    if every_ns is not None:  # a tick that gets raw lines: the next boundary
         warm_ns = (warm_ns // every_ns + 1) * every_ns
         time.sleep(max(warm_ns - time.time_ns(), 0) / 1e9)
     for h in range(hosts):
