@@ -17,6 +17,8 @@ import signal
 import time
 from typing import Any
 
+from accelpilot.schemas.topics import GROUP_METADATA_MAX_AGE_MS
+
 NAIVE_MEASUREMENT = "device_sample"
 
 
@@ -71,6 +73,9 @@ def run(argv: list[str] | None = None) -> None:
         auto_offset_reset="earliest",
         enable_auto_commit=True,
         max_poll_records=args.batch,
+        # A member that joined before its topic's metadata was served holds no partitions
+        # until the next refresh (5 min by default: longer than the drain's timeout).
+        metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
     )
     client = InfluxDBClient(url=args.url, token=args.token, org=args.org, timeout=30_000)
     write_api = client.write_api(write_options=SYNCHRONOUS)
