@@ -879,10 +879,13 @@ class DeviceMonitor:
     ) -> tuple[list[AnomalyScore], list[Alert]]:
         if not samples:
             return [], []
-        new = [s for s in samples if (s.host_id, tuple(s.device_ids)) not in self._layouts]
+        cached = [self._layouts.get((s.host_id, tuple(s.device_ids))) for s in samples]
+        new = [s for s, lay in zip(samples, cached, strict=True) if lay is None]
         if new:  # the failure-risk rows of every new host at once (one append of its arrays)
             self.risk.add_hosts((s.host_id, s.device_ids) for s in new)
-        layouts = [self._layout(s) for s in samples]
+        layouts = [
+            self._layout(s) if lay is None else lay for s, lay in zip(samples, cached, strict=True)
+        ]
         sizes = [len(lay.known) for lay in layouts]
         n = sum(sizes)
         offsets = np.cumsum([0, *sizes])
