@@ -10,8 +10,16 @@ Phases, all in one run, each on its own topics and database (removed at the end)
    With ``worker.raw_samples = "every"`` a raw point stands for ``raw_every_s / interval_s``
    device-samples, and the backlog is stamped so that its last tick is one that gets raw lines
    (the last point then marks the end of the backlog).
-2. **InfluxDB alone.** The same line protocol written straight from this process (sync client,
-   5000-line batches) into a scratch database: what the database takes when nothing else runs.
+   The CPU of the stack's own InfluxDB and Kafka processes (``accelpilot stack up``; their pid
+   files) is measured over the same span (``services_cpu_utilization``), so the figures say
+   where this machine's cores went.
+2. **InfluxDB alone.** The worker's own writes for the first ticks of the backlog (what
+   :class:`~accelpilot.streams.batch_stages.BatchStages` produces: raw sample lines, device and
+   host aggregates, anomaly and alert lines; one write per batch, as the worker's committer does)
+   sent straight from this process (sync client) into a scratch database while nothing else
+   runs, with InfluxDB's own CPU per million device-samples; ``raw_only`` = the raw sample lines
+   alone (the figure this phase reported before 2026-12-07, which left out the aggregates, the
+   costlier lines per field).
 3. **Latency (below saturation).** Ticks published at ``latency_load`` x the measured rate with
    ``ts_ns`` = send time; sample->InfluxDB from polling marker devices' newest points, and
    sample->alert from thermal faults (temp 95 degC + throttle bit 0x40; the thermal channel fires
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,7 +52,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +72,6 @@ from accelpilot.stack.kafka import create_topics, delete_topics
 from accelpilot.streams.batch_stages import raw_every_ns, raw_line_due
 from accelpilot.streams.bench_naive import naive_messages
 from accelpilot.streams.bench_profile import py_spy_argv, summarize
-from accelpilot.streams.influx_lines import sample_lines
 
 Progress = Callable[[str], None]
 FAULT_TEMP_C = 95.0
@@ -110,6 +119,28 @@ def _cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def services(settings: Settings) -> dict[str, psutil.Process]:
+    """The stack's own server processes (``accelpilot stack up``), by name, to measure their CPU
+    beside the worker's; those it does not run (services elsewhere) are left out."""
+    from accelpilot.stack.manager import Stack
+
+    stack = Stack(settings)
+    out = {}
+    for name, pid in (("influxdb", stack.influx.pid()), ("kafka", stack.kafka.pid())):
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                out[name] = psutil.Process(pid)
+    return out
+
+
+def _services_cpu_s(procs: Mapping[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, proc in procs.items():
+        with contextlib.suppress(psutil.Error):
+            out[name] = _cpu_s(proc)
+    return out
+
+
 def _count(url: str, db: str, field: str) -> int:
     body = influxql(url, f'SELECT count("{field}") FROM device_sample', db)
     series = body["results"][0].get("series")
@@ -153,21 +184,24 @@ def _drain(
     timeout_s: float,
     log: Path,
     samples_per_point: float = 1.0,
+    procs: Mapping[str, psutil.Process] | None = None,
 ) -> dict[str, Any]:
     """Wait until ``want`` points are visible; rate and CPU from the first to the last one,
-    each point standing for ``samples_per_point`` device-samples."""
+    each point standing for ``samples_per_point`` device-samples; ``procs`` (the stack's
+    services) have their CPU measured over the same span."""
     ps = _python_of(proc)
-    spawned = (time.monotonic(), 0, _cpu_s(ps))
-    first: tuple[float, int, float] | None = None
+    procs = procs or {}
+    spawned = (time.monotonic(), 0, _cpu_s(ps), _services_cpu_s(procs))
+    first: tuple[float, int, float, dict[str, float]] | None = None
     deadline = time.monotonic() + timeout_s
     n = 0
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited: {log.read_text()[-2000:]}")
         n = _count(url, db, field)
-        now, cpu = time.monotonic(), _cpu_s(ps)
+        now, cpu, svc = time.monotonic(), _cpu_s(ps), _services_cpu_s(procs)
         if n > 0 and first is None:
-            first = (now, n, cpu)
+            first = (now, n, cpu, svc)
         if n >= want or now > deadline:
             break
         time.sleep(0.1)
@@ -175,9 +209,10 @@ def _drain(
     # Everything landed in the first visible batch (tiny runs): fall back to the span since the
     # process started, start-up included.
     includes_startup = first[1] >= n
-    t0, n0, cpu0 = spawned if includes_startup else first
+    t0, n0, cpu0, svc0 = spawned if includes_startup else first
     span = max(now - t0, 1e-6)
     done = (n - n0) * samples_per_point
+    svc_s = {k: svc[k] - svc0[k] for k in svc if k in svc0}
     return {
         "counted": n,
         "wanted": want,
@@ -187,6 +222,10 @@ def _drain(
         "cpu_s_per_million": round((cpu - cpu0) / max(done, 1) * 1e6, 2),
         "cpu_utilization": round((cpu - cpu0) / span, 3),
         "includes_startup": includes_startup,
+        "services_cpu_utilization": {k: round(v / span, 3) for k, v in svc_s.items()},
+        "services_cpu_s_per_million": {
+            k: round(v / max(done, 1) * 1e6, 2) for k, v in svc_s.items()
+        },
     }
 
 
@@ -233,7 +272,8 @@ def bench_pipeline(
         }
     )
     bootstrap, url = run.kafka.bootstrap_servers, run.influx.url
-    db, raw_db, naive_db = run.influx.database, f"bench_{tag}_raw", f"bench_{tag}_naive"
+    db, naive_db = run.influx.database, f"bench_{tag}_naive"
+    alone_dbs = (f"bench_{tag}_alone", f"bench_{tag}_raw")
     naive_topic = run.topic("bench.naive-samples")
     topics = [run.topic(t) for t in ALL_TOPICS] + [naive_topic]
     result: dict[str, Any] = {
@@ -248,7 +288,7 @@ def bench_pipeline(
     producer = None
     try:
         create_topics(bootstrap, topics, partitions=run.kafka.partitions)
-        for name in (db, raw_db, naive_db):
+        for name in (db, naive_db, *alone_dbs):
             influxql(url, f'CREATE DATABASE "{name}"')
         producer = _producer(bootstrap, compression)
         # -- payloads, pre-encoded (tick-major: one batch spans the fleet, as in production)
@@ -296,8 +336,17 @@ def bench_pipeline(
             progress("py-spy not found (pip install py-spy): running without a profile")
         worker = _spawn((spy or []) + argv, worker_log)
         procs.append(worker)
+        stack_procs = services(settings)
         ours = _drain(
-            worker, url, db, "seq", raw_points, timeout_s, worker_log, n_samples / raw_points
+            worker,
+            url,
+            db,
+            "seq",
+            raw_points,
+            timeout_s,
+            worker_log,
+            n_samples / raw_points,
+            stack_procs,
         )
         ours["batch_max"] = run.worker.batch_max
         ours["raw_samples"] = run.worker.raw_samples
@@ -311,9 +360,13 @@ def bench_pipeline(
             procs.append(worker)
         progress(f"ours: {ours['device_samples_per_s']:.0f} device-samples/s")
 
-        # -- phase 2: InfluxDB alone, same lines, from this process
-        result["influxdb_alone"] = _influx_alone(run, raw_db, per_host, min(ticks, 20))
-        progress(f"influxdb alone: {result['influxdb_alone']['device_samples_per_s']:.0f}/s")
+        # -- phase 2: InfluxDB alone on the worker's own writes, from this process
+        alone = _influx_alone(run, alone_dbs, per_host, ticks, stack_procs.get("influxdb"))
+        result["influxdb_alone"] = alone
+        progress(
+            f"influxdb alone: {alone['device_samples_per_s']:.0f}/s on the worker's lines, "
+            f"{alone['raw_only']['device_samples_per_s']:.0f}/s on raw sample lines only"
+        )
 
         # -- phase 3: latency below saturation
         rate = latency_load * ours["device_samples_per_s"]
@@ -402,7 +455,7 @@ def bench_pipeline(
                 producer.close(timeout=5)
         with contextlib.suppress(Exception):
             delete_topics(bootstrap, topics)
-        for name in (db, raw_db, naive_db):
+        for name in (db, naive_db, *alone_dbs):
             with contextlib.suppress(Exception):
                 influxql(url, f'DROP DATABASE "{name}"')
         shutil.rmtree(tmp, ignore_errors=True)
@@ -410,46 +463,138 @@ def bench_pipeline(
 
 def _limit(result: dict[str, Any]) -> str:
     ours = result["ours"]
-    influx = result["influxdb_alone"]["device_samples_per_s"]
+    alone = result["influxdb_alone"]
+    influx, raw = alone["device_samples_per_s"], alone["raw_only"]["device_samples_per_s"]
+    svc = ours.get("services_cpu_utilization", {})
+    busy = ours["cpu_utilization"] + sum(svc.values())
+    cores = result.get("cpu_count") or 1
     if ours["cpu_utilization"] >= 0.85:
         who = "the worker's own CPU (one core, saturated)"
+    elif busy >= 0.85 * cores:
+        who = f"this machine's {cores} cores, all busy"
     elif ours["device_samples_per_s"] >= 0.8 * influx:
         who = "InfluxDB's write rate"
     else:
-        who = "shared cores / waiting on InfluxDB and Kafka round trips (worker below one core)"
+        who = "waiting on InfluxDB and Kafka round trips (worker below one core, idle cores)"
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in svc.items())
     return (
-        f"{who}: worker at {ours['cpu_utilization']:.0%} of a core, "
-        f"{ours['device_samples_per_s']:.0f}/s vs InfluxDB alone {influx:.0f}/s; "
+        f"{who}: worker at {ours['cpu_utilization']:.0%} of a core"
+        + (f" ({shares} of a core beside it)" if shares else "")
+        + f", {ours['device_samples_per_s']:.0f}/s vs InfluxDB alone on the worker's lines "
+        f"{influx:.0f}/s (raw sample lines only {raw:.0f}/s); "
         f"generator published {result['generator']['publish_device_samples_per_s']:.0f}/s "
         "before the worker started (not in the measured span)"
     )
 
 
-def _influx_alone(
-    run: Settings, db: str, per_host: list[list[HostSample]], ticks: int
-) -> dict[str, float]:
+def _worker_writes(run: Settings, per_host: list[list[HostSample]], ticks: int) -> list[list[str]]:
+    """The InfluxDB lines the worker writes for the first ``ticks`` ticks, one list per batch:
+    :class:`~accelpilot.streams.batch_stages.BatchStages` over batches of ``worker.batch_max``
+    host-ticks, windows closed at once (every window of the span ends before now)."""
+    from accelpilot.streams.batch_stages import BatchStages
+
+    raws = [codec.encode(h[k]) for k in range(ticks) for h in per_host]
+    stages = BatchStages(run.worker.model_copy(update={"close_spread_s": 0.0}))
+    now_ns, step = time.time_ns(), run.worker.batch_max
+    return [
+        stages.run(raws[i : i + step], raws[i : i + step], now_ns).lines
+        for i in range(0, len(raws), step)
+    ]
+
+
+def field_count(line: str) -> int:
+    r"""Fields of one line-protocol line.
+
+    >>> field_count('m,host=a\\ b x=1,y=2i 5'), field_count('m,t=1 a="1, 2",b=3 7')
+    (2, 2)
+    """
+    if '"' not in line:
+        return _UNESCAPED_SPACE.split(line)[1].count(",") + 1
+    count, quoted, section, i = 0, False, 0, 0
+    while i < len(line):  # string fields may hold commas and spaces
+        c = line[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif not quoted and c == " ":
+            section += 1
+            if section == 2:
+                break
+            count = 1
+        elif not quoted and c == "," and section == 1:
+            count += 1
+        i += 1
+    return count
+
+
+_UNESCAPED_SPACE = re.compile(r"(?<!\\) ")
+
+
+def _write_alone(
+    run: Settings,
+    db: str,
+    batches: Sequence[Sequence[str]],
+    device_samples: int,
+    influxd: psutil.Process | None,
+) -> dict[str, Any]:
+    """Write ``batches`` (one write each, sync client) and time it, with InfluxDB's CPU."""
     from influxdb_client import InfluxDBClient, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
 
-    cluster = run.worker.cluster
-    lines = [line for h in per_host for s in h[:ticks] for line in sample_lines(s, cluster=cluster)]
     client = InfluxDBClient(
         url=run.influx.url, token=run.influx.token.get_secret_value(), org=run.influx.org
     )
+    cpu0 = _services_cpu_s({"influxdb": influxd} if influxd else {})
     try:
         api = client.write_api(write_options=SYNCHRONOUS)
         bucket = f"{db}/{run.influx.retention_policy}"
         t0 = time.perf_counter()
-        for i in range(0, len(lines), 4000):
-            api.write(
-                bucket=bucket,
-                record="\n".join(lines[i : i + 4000]),
-                write_precision=WritePrecision.NS,
-            )
-        dt = time.perf_counter() - t0
+        for lines in batches:
+            if lines:
+                api.write(bucket=bucket, record="\n".join(lines), write_precision=WritePrecision.NS)
+        dt = max(time.perf_counter() - t0, 1e-9)
     finally:
         client.close()
-    return {"device_samples": len(lines), "device_samples_per_s": round(len(lines) / dt, 1)}
+    cpu1 = _services_cpu_s({"influxdb": influxd} if influxd else {})
+    n_lines = sum(len(b) for b in batches)
+    fields = sum(field_count(line) for b in batches for line in b)
+    out: dict[str, Any] = {
+        "device_samples": device_samples,
+        "lines": n_lines,
+        "fields": fields,
+        "fields_per_device_sample": round(fields / max(device_samples, 1), 2),
+        "device_samples_per_s": round(device_samples / dt, 1),
+        "lines_per_s": round(n_lines / dt, 1),
+        "fields_per_s": round(fields / dt, 1),
+    }
+    if "influxdb" in cpu0 and "influxdb" in cpu1:
+        cpu = cpu1["influxdb"] - cpu0["influxdb"]
+        out["influxd_cpu_s_per_million"] = round(cpu / max(device_samples, 1) * 1e6, 2)
+        out["influxd_cpu_utilization"] = round(cpu / dt, 3)
+        out["influxd_cpu_us_per_field"] = round(cpu / max(fields, 1) * 1e6, 2)
+    return out
+
+
+def _influx_alone(
+    run: Settings,
+    dbs: tuple[str, str],
+    per_host: list[list[HostSample]],
+    ticks: int,
+    influxd: psutil.Process | None,
+) -> dict[str, Any]:
+    """InfluxDB alone on the worker's writes for ``ticks`` ticks (``dbs[0]``), then on their
+    raw sample lines only (``raw_only``, ``dbs[1]``)."""
+    batches = _worker_writes(run, per_host, ticks)
+    n = len(per_host) * len(per_host[0][0].device_ids) * ticks
+    out = _write_alone(run, dbs[0], batches, n, influxd)
+    out["lines_by_measurement"] = dict(
+        Counter(line[: line.index(",")] for b in batches for line in b)
+    )
+    raw = [[line for line in b if line.startswith("device_sample,")] for b in batches]
+    out["raw_only"] = _write_alone(run, dbs[1], raw, n, influxd)
+    return out
 
 
 def _stages(run: Settings, per_host: list[list[HostSample]]) -> dict[str, Any]:

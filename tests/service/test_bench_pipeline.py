@@ -42,12 +42,22 @@ def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
         "ours": ("device_samples_per_s", "cpu_s_per_million", "cpu_utilization", "span_s"),
         "naive": ("device_samples_per_s", "cpu_s_per_million", "publish_messages_per_s"),
         "generator": ("publish_messages_per_s", "publish_device_samples_per_s"),
-        "influxdb_alone": ("device_samples_per_s",),
+        "influxdb_alone": ("device_samples_per_s", "fields_per_device_sample"),
         "latency": ("offered_device_samples_per_s", "duration_s"),
         "ratio": ("throughput_ours_over_naive", "cpu_naive_over_ours"),
     }.items():
         for key in keys:
             assert _number(r[part][key]), (part, key, r[part][key])
+    # InfluxDB alone wrote the worker's whole line mix, raw sample lines being part of it.
+    alone = r["influxdb_alone"]
+    assert _number(alone["raw_only"]["device_samples_per_s"])
+    assert alone["lines_by_measurement"]["device_sample"] == alone["raw_only"]["lines"]
+    assert alone["lines"] > alone["raw_only"]["lines"]  # + aggregates
+    assert alone["fields"] > alone["raw_only"]["fields"]
+    # The stack's services (started by the fixture) had their CPU measured beside the worker's.
+    for name in ("influxdb", "kafka"):
+        assert _number(r["ours"]["services_cpu_utilization"][name]), r["ours"]
+        assert _number(alone["influxd_cpu_s_per_million"])
     for kind in ("sample_to_influx_ms", "sample_to_alert_ms"):
         fig = r["latency"][kind]
         assert isinstance(fig["n"], int)

@@ -14,6 +14,7 @@ MODULES = [
     "accelpilot.streams.aggregate_lines",
     "accelpilot.streams.aggregates",
     "accelpilot.streams.aggregates_bench",
+    "accelpilot.streams.bench_pipeline",
     "accelpilot.optimizer.generate",
     "accelpilot.optimizer.physics",
     "accelpilot.optimizer.policy",
