@@ -45,6 +45,12 @@ bind-address = "127.0.0.1:{rpc_port}"
   query-log-enabled = false
   index-version = "inmem"
   wal-fsync-delay = "0s"
+  # The cache is written out as TSM files each time it holds this much (default 25m). The
+  # worker's aggregates are ~50-field lines over thousands of devices: at 25m each snapshot
+  # holds a few values per series and the compactions redo the work; 256m took InfluxDB's CPU
+  # for the bench backlog's writes from 25.0-25.7 to 17.7 s, the deferred snapshot included
+  # (docs/streams.md, "InfluxDB's cache"). Memory: up to 256 MB of cache per active shard.
+  cache-snapshot-memory-size = "256m"
 
 [monitor]
   store-enabled = false
