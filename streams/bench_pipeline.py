@@ -516,7 +516,7 @@ def field_count(line: str) -> int:
         if c == "\\":
             i += 2
             continue
-        if c == '"':
+        if c == '"' and section == 1:  # quotes are literal in tag values
             quoted = not quoted
         elif not quoted and c == " ":
             section += 1
