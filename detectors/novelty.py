@@ -27,9 +27,23 @@ Per series, at every sample:
    so that changes large against the series' own spread rank first, divided by
    ``1 + rate / rate_ref`` (``rate``: how often the series has been novel lately). Every
    other sample scores 0.
+5. **Compare with the previous period** (``season``): a shape memory cannot tell that an
+   expected pattern is missing (a daily peak that does not come looks like a familiar
+   night). At the end of probation the series' period ``T`` is estimated from the
+   probation's autocorrelation (the highest peak, at a lag from ``window`` to half the
+   probation, that is at least ``season_acf`` and rises ``season_dip`` above the lowest
+   value at shorter lags; none: no period). From then on the *seasonal residual* (the mean
+   absolute difference between the last ``season_block`` values and the same values ``T``
+   samples earlier, in range units) divided by ``season_k`` x its largest value over the
+   probation (at least ``season_floor``) is a second novelty, which can raise an alarm under
+   the same rule; it is ignored where the residual around ``t - T`` was itself above
+   ``season_echo`` (the period compared with was unusual: an anomaly's echo one period
+   later, not a new one). Learning is unchanged.
 
-Strictly streaming (each step scores with the state before the sample, then learns);
-memory per series is fixed (``capacity x d`` prototypes plus a ``window`` ring).
+Strictly streaming (each step scores with the state before the sample, then learns;
+the period and the residual's scale come from the probation's samples only); memory per
+series is fixed: ``capacity x d`` prototypes, a ``window`` ring and, with ``season``, two
+rings of the probation's length (values per metric, and seasonal novelties).
 """
 
 from __future__ import annotations
@@ -62,6 +76,13 @@ class NoveltyEpisodes(BatchDetector):
         rate_alpha, rate_ref: an alarm's score is divided by ``1 + rate / rate_ref``, ``rate``
             the series' EW rate (weight ``rate_alpha``) of novel samples: a series that is
             always novel (noise wider than the radius) alarms less (0 = off).
+        season: compare with the previous period (step 5 of the module docstring).
+        season_acf, season_dip: the autocorrelation a period needs, and its rise over the
+            lowest value at shorter lags.
+        season_block, season_k, season_floor, season_echo: the residual's averaging length
+            (samples), its alarm level in multiples of the probation's largest residual (that
+            largest at least ``season_floor`` range units), and the past seasonal novelty
+            above which a residual is taken for an echo.
     """
 
     name = "novelty"
@@ -89,6 +110,13 @@ class NoveltyEpisodes(BatchDetector):
         rate_ref: float = 0.01,
         noise_k: float = 2.0,
         noise_alpha: float = 0.01,
+        season: bool = True,
+        season_acf: float = 0.6,
+        season_dip: float = 0.3,
+        season_block: int = 8,
+        season_k: float = 3.0,
+        season_floor: float = 0.01,
+        season_echo: float = 0.5,
         seed: int = 0,
     ) -> None:
         super().__init__(n_series)
@@ -98,6 +126,8 @@ class NoveltyEpisodes(BatchDetector):
             raise ValueError(f"window ({window}) must be a positive multiple of blocks ({blocks})")
         if radius <= 0 or capacity < 1:
             raise ValueError("radius must be > 0 and capacity >= 1")
+        if season and (season_block < 1 or season_k <= 0 or season_floor <= 0):
+            raise ValueError("season_block must be >= 1, season_k and season_floor > 0")
         self.fixed_range = value_min is not None
         shape = (n_series,)
         self.lo = np.broadcast_to(
@@ -131,6 +161,16 @@ class NoveltyEpisodes(BatchDetector):
         self.protos = np.zeros((n_series, capacity, 0))
         self.weight = np.zeros((n_series, capacity))
         self.used = np.full((n_series, capacity), -1.0)
+        self.season = bool(season)
+        self.season_acf, self.season_dip = float(season_acf), float(season_dip)
+        self.season_block, self.season_k = int(season_block), float(season_k)
+        self.season_floor, self.season_echo = float(season_floor), float(season_echo)
+        # Rings as long as the longest probation (+1: the sample that ends it is kept too).
+        self.season_len = int(self.probation_n.max(initial=0)) + 1 if self.season else 0
+        self.history = np.zeros((n_series, 0, self.season_len))  # sized with the metrics
+        self.season_novelty = np.zeros((n_series, self.season_len))
+        self.period = np.zeros(shape, np.int64)  # 0: no period (yet)
+        self.season_ref = np.zeros(shape)
 
     def _learn_range(self, values: FloatArray, present: BoolArray) -> None:
         if self.fixed_range:
@@ -157,6 +197,7 @@ class NoveltyEpisodes(BatchDetector):
         if self.ring.shape[1] != f:
             self.ring = np.zeros((n, f, self.window))
             self.protos = np.zeros((n, self.capacity, f * (self.blocks + 1)))
+            self.history = np.zeros((n, f, self.season_len))
         self._learn_range(values, present)
         # A metric missing from a present sample repeats its last value (the range's low
         # end before the first one).
@@ -192,8 +233,11 @@ class NoveltyEpisodes(BatchDetector):
         # Score with the memory as it was, then learn.
         step = self.count
         novel = present & (novelty > 1.0)
+        if self.season:
+            novelty = np.maximum(novelty, self._seasonal(x, present))
         alarm = (
-            novel
+            present
+            & (novelty > 1.0)
             & (step >= self.probation_n)
             & (step - self.last_alarm > self.refractory_n)
             & np.isfinite(novelty)
@@ -222,3 +266,67 @@ class NoveltyEpisodes(BatchDetector):
         self.used[rows, slot] = np.where(novel, step, self.used[rows, slot])
         self.count = self.count + present
         return np.clip(score, 0.0, 1.0)
+
+    def _span(self) -> FloatArray:
+        return np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
+
+    def _seasonal(self, x: FloatArray, present: BoolArray) -> FloatArray:
+        """Step 5 of the module docstring: the seasonal novelty of this sample (0 where the
+        series has no period or is still in probation), after recording the sample."""
+        n, length, block = len(x), self.season_len, self.season_block
+        step = self.count.astype(np.int64)
+        rows = np.flatnonzero(present)
+        self.history[rows, :, step[rows] % length] = x[rows]
+        for i in np.flatnonzero(present & (step == self.probation_n)):
+            self._estimate_period(int(i), int(step[i]) + 1)
+        out = np.zeros(n)
+        rows = np.flatnonzero(present & (self.period > 0) & (step > self.probation_n))
+        if rows.size == 0:
+            return out
+        t, period = step[rows], self.period[rows]
+        residual = np.zeros(rows.size)
+        for j in range(block):
+            now = self.history[rows, :, (t - j) % length]
+            before = self.history[rows, :, (t - j - period) % length]
+            residual += np.abs(now - before).mean(axis=1)
+        residual /= block * self._span()[rows]
+        level = self.season_k * np.maximum(self.season_ref[rows], self.season_floor)
+        seasonal = residual / level
+        self.season_novelty[rows, t % length] = seasonal
+        # The residuals around t - T: one above season_echo means the period compared with was
+        # unusual itself. Before probation's end there are none (zeros).
+        around = np.arange(-block, block + 1)
+        past = (t - period)[:, None] + around[None, :]
+        valid = past > self.probation_n[rows, None]
+        echo = np.where(valid, self.season_novelty[rows[:, None], past % length], 0.0).max(axis=1)
+        out[rows] = np.where(echo > self.season_echo, 0.0, seasonal)
+        return out
+
+    def _estimate_period(self, i: int, n_seen: int) -> None:
+        """The period of series ``i`` from its first ``n_seen`` samples (its probation)."""
+        h = self.history[i, :, :n_seen] / self._span()[i]
+        h = h - h.mean(axis=1, keepdims=True)
+        power = (h * h).sum(axis=1)
+        keep = power > 0
+        if not keep.any() or n_seen < 2 * self.window + 2:
+            return
+        size = 2 * n_seen  # zero-padded: the circular correlation is the linear one
+        spectrum = np.fft.rfft(h[keep], size, axis=1)
+        corr = np.fft.irfft(spectrum * spectrum.conj(), size, axis=1)[:, :n_seen]
+        lags = np.arange(n_seen)
+        # Autocorrelation per metric, corrected for the shrinking overlap, then averaged.
+        acf = (corr / power[keep, None] * n_seen / np.maximum(n_seen - lags, 1)).mean(axis=0)
+        best, period = 0.0, 0
+        lowest = np.inf
+        for lag in range(self.window, n_seen // 2):
+            lowest = min(lowest, acf[lag])
+            if acf[lag] > best and acf[lag] - lowest >= self.season_dip:
+                best, period = float(acf[lag]), lag
+        if period == 0 or best < self.season_acf:
+            return
+        block = self.season_block
+        diff = np.abs(h[:, period:] - h[:, :-period]).mean(axis=0)
+        if diff.size < block:
+            return
+        blocks = np.convolve(diff, np.ones(block) / block, mode="valid")
+        self.period[i], self.season_ref[i] = period, float(blocks.max())

@@ -80,3 +80,46 @@ def test_nab_files_batched_score_as_alone() -> None:
     for s, b in zip(series, batched, strict=True):
         np.testing.assert_array_equal(b, score_series([s], "novelty")[0])
     assert all((b > 0).any() for b in batched)
+
+
+def daily(n: int, period: int = 100, seed: int = 0) -> np.ndarray:
+    """A peak of 1 for a fifth of every period over a base of 0, with a little noise."""
+    rng = np.random.default_rng(seed)
+    peak = ((np.arange(n) % period) >= 40) & ((np.arange(n) % period) < 60)
+    return peak.astype(float) + rng.normal(0.0, 0.01, n)
+
+
+def test_a_missing_peak_alarms_through_the_previous_period() -> None:
+    values = daily(2000)
+    values[1540:1560] = values[1440:1460] - 1.0  # the 16th peak does not come
+    kw = dict(value_min=values.min(), value_max=values.max(), n_samples=2000)
+    seasonal = NoveltyEpisodes(1, **kw)
+    scores = run(seasonal, values[:, None])
+    assert seasonal.period[0] == 100
+    alarms = np.flatnonzero(scores > 0)
+    assert any(1540 <= a < 1560 for a in alarms), alarms
+    # One period later the peak is back: the residual against the missing one is an echo.
+    assert not any(1600 <= a < 1700 for a in alarms), alarms
+    # The shape memory alone has seen a flat stretch every night: silent on the missing peak.
+    plain = run(NoveltyEpisodes(1, **kw, season=False), values[:, None])
+    assert not (plain[1540:1560] > 0).any()
+
+
+def test_no_period_without_a_rhythm() -> None:
+    rng = np.random.default_rng(1)
+    for values in (rng.normal(0, 1, 1500), np.cumsum(rng.normal(0, 1, 1500))):
+        det = NoveltyEpisodes(1, value_min=values.min(), value_max=values.max(), n_samples=1500)
+        run(det, values[:, None])
+        assert det.period[0] == 0
+
+
+def test_seasonal_state_round_trips_mid_stream() -> None:
+    values = daily(1600)
+    values[1340:1360] = 0.0  # a missing peak after the state is restored
+    kw = dict(value_min=values.min(), value_max=values.max(), n_samples=1600)
+    whole = run(NoveltyEpisodes(1, **kw), values[:, None])
+    first = NoveltyEpisodes(1, **kw)
+    head = run(first, values[:1000, None])
+    rest = run(NoveltyEpisodes.from_state(first.get_state()), values[1000:, None])
+    np.testing.assert_array_equal(np.concatenate([head, rest]), whole)
+    assert (whole[1340:1360] > 0).any()
