@@ -48,3 +48,36 @@ def test_scoring_some_slots_is_scoring_all_with_the_rest_absent(name: str) -> No
     assert a.keys() == b.keys() and a
     for path in a:
         np.testing.assert_array_equal(getattr(*a[path]), getattr(*b[path]), err_msg=path)
+
+
+def test_novelty_previous_period_path_on_slots() -> None:
+    """The same with novelty's previous-period comparison running (periods found, a missing
+    peak): even slots report on even ticks, odd slots on odd ones."""
+    kwargs = {"default_probation": 100, "window": 8, "blocks": 4}
+    spec = DetectorSpec("power_w", "novelty", kwargs)
+    rows, every = _Detectors([spec], CAPACITY), _Detectors([spec], CAPACITY)
+    rng = np.random.default_rng(3)
+    level = rng.uniform(100, 400, CAPACITY)
+    t_ns = 1_700_000_000 * 10**9
+    for tick in range(400):
+        t_ns += 10**9
+        slots = np.arange(tick % 2, CAPACITY, 2)
+        peak = (tick % 40) < 20 and not (320 <= tick < 340)  # the 9th peak is missing
+        values = level[slots] * (1.5 if peak else 1.0) * (1 + 0.01 * rng.standard_normal(32))
+        present = np.ones(len(slots), bool)
+        got = rows.score_slots(0, slots, values, t_ns, present)
+        full = np.full(CAPACITY, np.nan)
+        full[slots] = values
+        mask = np.zeros(CAPACITY, bool)
+        mask[slots] = True
+        want = every.dets[0].update_score(full, t_ns, mask)[slots]
+        np.testing.assert_array_equal(got, want, err_msg=f"tick {tick}")
+    det = rows.dets[0]
+    # Every slot found its rhythm: 20 samples, or its multiple 40 where noise puts the
+    # autocorrelation's highest peak there (both are periods of the series).
+    assert np.isin(det.period, (20, 40)).all()  # type: ignore[attr-defined]
+    assert (det.season_novelty > 1).any()  # type: ignore[attr-defined]  # the missing peak
+    a = _per_slot_arrays(det, CAPACITY, "")
+    b = _per_slot_arrays(every.dets[0], CAPACITY, "")
+    for path in a:
+        np.testing.assert_array_equal(getattr(*a[path]), getattr(*b[path]), err_msg=path)
