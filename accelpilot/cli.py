@@ -651,7 +651,13 @@ def bench_pipeline(
     hosts: Annotated[int, typer.Option(help="Simulated hosts.")] = 1000,
     devices: Annotated[int, typer.Option(help="GPUs per host.")] = 8,
     ticks: Annotated[int, typer.Option(help="Ticks per host in the throughput phase.")] = 60,
-    latency_s: Annotated[float, typer.Option(help="Seconds of the latency phase.")] = 15.0,
+    latency_s: Annotated[
+        float,
+        typer.Option(
+            help="Seconds of the latency phase (60 s: ~125 alerts, so the p99 is not just the "
+            "slowest of a few; InfluxDB's stalls come about once a minute here)."
+        ),
+    ] = 60.0,
     latency_load: Annotated[
         float, typer.Option(help="Latency phase rate, as a fraction of the measured drain rate.")
     ] = 0.5,

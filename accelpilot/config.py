@@ -84,6 +84,14 @@ class WorkerSettings(_Section):
     # A batch smaller than batch_max waits this long for more (per-batch costs are then paid
     # at most ~1/batch_linger_s times a second under a light load; it adds as much latency).
     batch_linger_s: float = Field(0.05, ge=0, le=5)
+    # Line protocol computed but not yet written to InfluxDB: the loop reads, detects and
+    # alerts ahead of a slow or snapshotting InfluxDB up to this much, then waits for it
+    # (back-pressure: Kafka keeps the data). More rides out longer stalls, costs as much memory
+    # (about 1.2x it) and as many seconds of writes to land at a rebalance or stop.
+    in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, le=4 * 1024**3)
+    # Line protocol per InfluxDB write at most (one batch's lines always go in one write);
+    # InfluxDB 1.x refuses request bodies over its max-body-size, 25 MB by default.
+    write_max_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024**3)
     # Samples stamped further in the future than this are rejected to the DLQ.
     max_future_skew_s: float = Field(300.0, gt=0)
     data_dir: Path = Path("/tmp/accelpilot-worker")

@@ -119,6 +119,15 @@ def _cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def peak_rss_mb(proc: psutil.Process) -> float | None:
+    """The process's peak resident memory so far (Linux's VmHWM), None where unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def services(settings: Settings) -> dict[str, psutil.Process]:
     """The stack's own server processes (``accelpilot stack up``), by name, to measure their CPU
     beside the worker's; those it does not run (services elsewhere) are left out."""
@@ -222,6 +231,7 @@ def _drain(
         "cpu_s_per_million": round((cpu - cpu0) / max(done, 1) * 1e6, 2),
         "cpu_utilization": round((cpu - cpu0) / span, 3),
         "includes_startup": includes_startup,
+        "peak_rss_mb": peak_rss_mb(ps),
         "services_cpu_utilization": {k: round(v / span, 3) for k, v in svc_s.items()},
         "services_cpu_s_per_million": {
             k: round(v / max(done, 1) * 1e6, 2) for k, v in svc_s.items()
@@ -370,9 +380,18 @@ def bench_pipeline(
 
         # -- phase 3: latency below saturation
         rate = latency_load * ours["device_samples_per_s"]
+        log_at = worker_log.stat().st_size
         result["latency"] = _latency(
             run, producer, worker, per_host, rate, latency_s, fault_hosts, progress
         )
+        # The worker's back-pressure warnings during that phase (streams/ingest_loop.py).
+        with worker_log.open("rb") as f:
+            f.seek(log_at)
+            result["latency"]["reader_waits"] = [
+                line.strip()
+                for line in f.read().decode(errors="replace").splitlines()
+                if "reading waited" in line
+            ][:20]
         _stop(worker)
 
         # -- phase 4: the naive design
@@ -923,6 +942,7 @@ def _latency(
         "target_device_samples_per_s": round(rate, 1),
         "offered_device_samples_per_s": round(achieved, 1),
         "duration_s": round(elapsed, 2),
+        "worker_peak_rss_mb": peak_rss_mb(_python_of(worker)),
         "sample_to_influx_ms": {
             "p50": _pct(influx_lat, 50),
             "p99": _pct(influx_lat, 99),

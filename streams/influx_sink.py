@@ -7,7 +7,8 @@ What happens to a batch depends on why a write fails (:func:`classify`):
   (``Retry-After`` honoured) until it lands or the worker stops. The caller does not acknowledge
   the Kafka messages of a batch before its write returns, so a stopped database means
   back-pressure on the stream (Kafka keeps the data), never loss. The sink's only buffer is the
-  one batch in flight: memory is bounded by the worker's batch size.
+  one write in flight (at most ``worker.write_max_bytes`` of lines, or one batch's); what waits
+  behind it is the worker's, bounded by ``worker.in_flight_bytes`` (streams/ingest_loop.py).
 - **The data itself is refused** (any other 4xx: a field-type conflict, unparsable line, a point
   beyond the retention policy, a limit): the batch is split in halves until the lines InfluxDB
   refuses are isolated; the others are written, the refused ones are handed to ``on_rejected``

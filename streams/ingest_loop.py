@@ -9,10 +9,13 @@ not faust's). For each batch:
 2. :meth:`BatchStages.aggregate`: windows, idle hosts (wall clock), and the records the
    ``AckGate`` releases (a sample only once every window containing it is written).
 3. Anomalies, aggregates, roll-up inputs and dead letters are handed to the producer, and the
-   batch's effects are queued (at most ``IN_FLIGHT_BATCHES``: back-pressure when InfluxDB or the
-   broker is slow, never unbounded memory).
+   batch's effects are queued: at most ``worker.in_flight_bytes`` of line protocol (and
+   ``IN_FLIGHT_BATCHES`` batches) wait to land. Detection and alerts run that far ahead of a
+   slow or snapshotting InfluxDB; past it the reader waits (back-pressure, never unbounded
+   memory).
 
-A committer takes effects in batch order: awaits the deliveries, writes the lines to InfluxDB,
+A committer takes effects in batch order (as many as fit ``worker.write_max_bytes`` per
+InfluxDB write): awaits the deliveries, writes the lines to InfluxDB,
 records each host's windows written (streams/host_state.py, in its compacted topic) and only
 then releases the batch's records to the consumer's offset ledger, which commits each
 partition's done prefix. A rebalance waits for the batch in hand and for the queued effects to
@@ -49,8 +52,11 @@ from accelpilot.streams.offset_ledger import Token
 
 log = logging.getLogger(__name__)
 
-#: Batches whose sends and InfluxDB write may be in flight while the next one is computed.
-IN_FLIGHT_BATCHES = 8
+#: Batches whose sends and InfluxDB write may be in flight while the next one is computed: a
+#: backstop for many small batches; ``worker.in_flight_bytes`` is the bound that counts.
+IN_FLIGHT_BATCHES = 256
+#: A reader held up this long by effects not landing says so (InfluxDB or the broker is slow).
+SLOW_LANDING_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class _Effects:
 
     pending: list[Any]  # delivery futures (dead letters, aggregates, anomalies, roll-up inputs)
     lines: list[str]  # line protocol for InfluxDB
+    size_b: int  # of ``lines`` (characters: the lines are ASCII but for tag and string values)
     release: list[Token]  # records done once the above landed
     written: dict[str, dict[str, int]]  # per host: the windows it writes (host_state.py)
     # Per host of ``written``: its detection state at the end of this batch and the newest
@@ -132,6 +139,11 @@ class IngestLoop:
         )
         self.state = HostStateReader(settings.kafka.bootstrap_servers, topics.host_state)
         self._effects: asyncio.Queue[_Effects] = asyncio.Queue(maxsize=IN_FLIGHT_BATCHES)
+        self.in_flight_bytes, self.write_max_bytes = w.in_flight_bytes, w.write_max_bytes
+        self._in_flight_b = 0  # line protocol queued or being written
+        self._landed = asyncio.Event()  # set each time a group of effects has landed
+        # The effects taken off the queue but not yet landed (first of the next write's).
+        self._carry: _Effects | None = None
         self._batch_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -213,7 +225,27 @@ class IngestLoop:
                 if batch and batch[0][0][0] != consumer.ledger.generation:
                     continue  # fetched before a rebalance: read again from the committed offset
                 effects = await self._process(batch)
-            await self._effects.put(effects)
+            await self._queue(effects)
+
+    async def _queue(self, effects: _Effects) -> None:
+        """Hand a batch's effects to the committer once they fit ``in_flight_bytes`` (always when
+        nothing else is in flight: a batch larger than the bound still goes, alone)."""
+        waited_from = time.monotonic()
+        while self._in_flight_b and self._in_flight_b + effects.size_b > self.in_flight_bytes:
+            self._landed.clear()
+            await self._landed.wait()
+        await self._effects.put(effects)  # then counted: no await between the two
+        self._in_flight_b += effects.size_b
+        waited_s = time.monotonic() - waited_from
+        if waited_s >= SLOW_LANDING_S:
+            log.warning(
+                "reading waited %.1f s for earlier batches to land (%.1f MB of InfluxDB lines "
+                "in flight, %d batches): InfluxDB or the broker is slower than the stream; "
+                "Kafka keeps the rest",
+                waited_s,
+                self._in_flight_b / 1e6,
+                self._effects.qsize(),
+            )
 
     async def _process(self, batch: Sequence[tuple[Token, Any]]) -> _Effects:
         """One batch's CPU work, its alerts delivered and its other sends started."""
@@ -251,6 +283,7 @@ class IngestLoop:
         return _Effects(
             pending,
             out.lines,
+            sum(map(len, out.lines)),
             release_now + out.releasable,
             written,
             self.stages.detection_states(written),
@@ -262,14 +295,22 @@ class IngestLoop:
         released. In order, so that when a record is released every earlier batch's effects
         (the sample lines of records released now, the windows that released them) landed.
 
-        Every batch waiting when the committer comes round lands together (one InfluxDB write,
-        one round of host records): under a light load the reader hands over small batches as
-        soon as they arrive, and a write per batch would make the committer the bottleneck."""
+        The batches waiting when the committer comes round land together, up to
+        ``write_max_bytes`` of lines (one InfluxDB write, one round of host records): under a
+        light load the reader hands over small batches as soon as they arrive, and a write per
+        batch would make the committer the bottleneck."""
         queue = self._effects
         while True:
-            group = [await queue.get()]
+            group = [self._carry if self._carry is not None else await queue.get()]
+            self._carry = None
+            size_b = group[0].size_b
             while not queue.empty():
-                group.append(queue.get_nowait())
+                batch = queue.get_nowait()
+                if size_b + batch.size_b > self.write_max_bytes:
+                    self._carry = batch  # the first of the next write
+                    break
+                group.append(batch)
+                size_b += batch.size_b
             try:
                 for batch in group:  # dead letters and payloads delivered (acks=all)
                     for fut in batch.pending:
@@ -290,6 +331,8 @@ class IngestLoop:
             finally:
                 for _ in group:
                     queue.task_done()
+                self._in_flight_b -= size_b
+                self._landed.set()
 
     async def _send(self, topic: str, key: str, value: bytes) -> Any:
         return await self.producer.send(topic, key.encode(), value, None, None, None)

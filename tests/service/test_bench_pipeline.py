@@ -37,6 +37,9 @@ def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
     assert r["ours"]["counted"] == r["ours"]["wanted"] == want
     assert r["naive"]["counted"] == r["naive"]["wanted"] == 10 * devices * 5
     assert r["generator"]["messages"] == hosts * ticks
+    assert _number(r["ours"]["peak_rss_mb"]), r["ours"]  # Linux: /proc/<pid>/status VmHWM
+    assert _number(r["latency"]["worker_peak_rss_mb"]), r["latency"]
+    assert isinstance(r["latency"]["reader_waits"], list), r["latency"]
     assert r["naive"]["messages"] == 10 * devices * 5 * 8  # 8 synthetic metrics
     for part, keys in {
         "ours": ("device_samples_per_s", "cpu_s_per_million", "cpu_utilization", "span_s"),
