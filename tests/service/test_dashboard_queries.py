@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import os
 import re
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -60,7 +58,7 @@ from accelpilot.signing import Signer, generate_keypair, load_public_keys
 from accelpilot.stack.influxdb import influxql
 from accelpilot.streams.influx_lines import sample_lines
 from accelpilot.streams.influx_sink import InfluxSink
-from tests.service.test_first_slice import _start_worker
+from tests.service.test_first_slice import _start_worker, stop_worker
 
 pytestmark = [pytest.mark.service]
 
@@ -308,13 +306,7 @@ def test_every_panel_and_alert_query_returns_rows(
         assert sent["applied"] > 0 and sent["action"] > 0
         _wait_for_pipeline(settings, worker, tmp_path / "worker.log", sent)
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+        stop_worker(worker, 30)
 
     # Every action result carries its action's kind (joined across the two topics).
     unknown = _count(settings, "SELECT count(action_id) FROM action_result WHERE kind = 'unknown'")

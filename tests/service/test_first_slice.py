@@ -76,6 +76,19 @@ def _start_worker(
     )
 
 
+def stop_worker(worker: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """SIGTERM the worker's process group (it lets in-flight effects land, commits, leaves);
+    SIGKILL if it has not exited within ``timeout_s``."""
+    if worker.poll() is not None:
+        return
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
 def _count_points(settings: Settings) -> int:
     body = influxql(
         settings.influx.url, "SELECT count(seq) FROM device_sample", settings.influx.database
@@ -172,10 +185,4 @@ def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
         assert len({(d.partition, d.offset) for d in letters}) == len(letters)
         assert worker.poll() is None  # the worker kept going
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+        stop_worker(worker, 30)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tests.service.pipeline_checks import (
     fleet_ticks,
     wait_until,
 )
-from tests.service.test_first_slice import _start_worker
+from tests.service.test_first_slice import _start_worker, stop_worker
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -120,10 +119,4 @@ def test_alerts_keep_flowing_while_influxdb_is_frozen_and_nothing_is_lost(
                 os.kill(pid, signal.SIGCONT)
             consumer.close()
             publisher.finish(0)
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
-                    worker.wait()
+            stop_worker(worker)

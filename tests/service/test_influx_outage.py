@@ -6,9 +6,6 @@ The test runs its own influxd (free ports, data in the test's directory): the sh
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from tests.service.pipeline_checks import (
     fleet_ticks,
     wait_until,
 )
-from tests.service.test_first_slice import _start_worker
+from tests.service.test_first_slice import _start_worker, stop_worker
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -91,10 +88,4 @@ def test_influxdb_down_30s_under_load_loses_nothing_and_recovers_unattended(
             )
         finally:
             publisher.finish(0)
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
-                    worker.wait()
+            stop_worker(worker)

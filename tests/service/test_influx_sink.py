@@ -5,8 +5,6 @@ dead-lettered."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from tests.service.pipeline_checks import (
     expected_device_windows,
     wait_until,
 )
-from tests.service.test_first_slice import _start_worker
+from tests.service.test_first_slice import _start_worker, stop_worker
 
 pytestmark = [pytest.mark.service]
 
@@ -155,9 +153,7 @@ def test_the_worker_dead_letters_refused_lines_and_keeps_going(
         assert wait_until(lambda: device_windows_in_influx(settings) == want, 60, lambda: None)
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+        stop_worker(worker)
 
 
 async def _write_once(settings: Settings, line: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from accelpilot.schemas import codec
 from accelpilot.schemas.alerts import Alert
 from accelpilot.schemas.topics import ALERTS, SAMPLES
 from accelpilot.stack.influxdb import influxql
-from tests.service.test_first_slice import _start_worker
+from tests.service.test_first_slice import _start_worker, stop_worker
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -91,9 +89,7 @@ def test_thermal_throttle_off_bus_and_ecc_storm_raise_their_alerts(
             time.sleep(0.5)
         assert result["series"][0]["values"][0][1] >= 1  # type: ignore[index]
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+        stop_worker(worker)
 
 
 def _fields(sample: object) -> dict[str, object]:

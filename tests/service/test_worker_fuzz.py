@@ -3,9 +3,7 @@ bad one is in the DLQ with a reason, and every valid sample lands in InfluxDB.""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +18,7 @@ from accelpilot.schemas import DeadLetter, codec
 from accelpilot.schemas.topics import DLQ, SAMPLES
 from accelpilot.streams.ingest import ingest_sample
 from tests.service.kafka_io import consume
-from tests.service.test_first_slice import _count_points, _start_worker
+from tests.service.test_first_slice import _count_points, _start_worker, stop_worker
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -95,6 +93,4 @@ def test_fuzzed_messages_never_crash_the_worker(service_settings: Settings, tmp_
         assert not any(r.startswith("internal-error") for r in reasons), reasons
         assert worker.poll() is None
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+        stop_worker(worker)
