@@ -92,6 +92,11 @@ class WorkerSettings(_Section):
     # Line protocol per InfluxDB write at most (one batch's lines always go in one write);
     # InfluxDB 1.x refuses request bodies over its max-body-size, 25 MB by default.
     write_max_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024**3)
+    # Prometheus /metrics of this worker (streams/worker_metrics.py); 0 = off. Off by default:
+    # several workers on one host each need a port of their own. metrics_addr 0.0.0.0 lets a
+    # Prometheus elsewhere scrape it (in a container, say).
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_addr: str = Field("127.0.0.1", min_length=1)
     # Samples stamped further in the future than this are rejected to the DLQ.
     max_future_skew_s: float = Field(300.0, gt=0)
     data_dir: Path = Path("/tmp/accelpilot-worker")

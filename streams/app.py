@@ -35,6 +35,7 @@ from accelpilot.streams.host_state_topic import host_state_topic_name
 from accelpilot.streams.influx_sink import InfluxSink
 from accelpilot.streams.ingest_loop import IngestLoop, IngestTopics
 from accelpilot.streams.rollups import ROLLUP_INPUT, RollupLoop, rollup_input_topic
+from accelpilot.streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def make_app(settings: Settings) -> faust.App:
     from accelpilot.streams.fleet_events import register_fleet_events
 
     fleet_events = register_fleet_events(app, settings)
+    metrics = WorkerMetrics()
     ingest = IngestLoop(
         settings,
         topics,
@@ -114,10 +116,14 @@ def make_app(settings: Settings) -> faust.App:
         sink,
         declare=host_state_topic.maybe_declare,
         savings=fleet_events,
+        metrics=metrics,
     )
     rollup = RollupLoop(settings, rollup_topic, aggregates_topic)
     app.service(_service_for(ingest, f"{w.app_id} reading {settings.topic(SAMPLES)}"))
     app.service(_service_for(rollup, f"{w.app_id} rolling up {settings.topic(ROLLUP_INPUT)}"))
+    if w.metrics_port:
+        # Before any service starts: a port in use stops the worker here, naming the field.
+        metrics.serve(w.metrics_port, w.metrics_addr)
     app.accelpilot_ingest = ingest  # type: ignore[attr-defined]
     app.accelpilot_fleet_rollup = rollup  # type: ignore[attr-defined]
     app.accelpilot_fleet_events = fleet_events  # type: ignore[attr-defined]

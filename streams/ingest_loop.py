@@ -37,7 +37,7 @@ from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.topics import SAMPLES
 from accelpilot.streams.batch_consumer import BatchConsumer
-from accelpilot.streams.batch_stages import BatchStages, InternalError
+from accelpilot.streams.batch_stages import BatchOutput, BatchStages, InternalError
 from accelpilot.streams.dead_letters import record_letter
 from accelpilot.streams.host_state import (
     HostRecord,
@@ -49,6 +49,7 @@ from accelpilot.streams.host_state import (
 from accelpilot.streams.host_state_topic import HostStateReader
 from accelpilot.streams.influx_sink import InfluxSink
 from accelpilot.streams.offset_ledger import Token
+from accelpilot.streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class IngestLoop:
         savings: Any = None,
         drain_s: float = 15.0,
         stop_drain_s: float = 5.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         w = settings.worker
         self.topics = topics
@@ -146,6 +148,13 @@ class IngestLoop:
         self._carry: _Effects | None = None
         self._batch_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics.bind(
+            in_flight_bytes=lambda: self._in_flight_b,
+            landed_sample_time=lambda: max(self.landed_ns.values(), default=0) / 1e9,
+            influx_write_failures=lambda: sink.write_failures,
+            influx_lines_rejected=lambda: sink.points_rejected,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -224,7 +233,9 @@ class IngestLoop:
             async with self._batch_lock:
                 if batch and batch[0][0][0] != consumer.ledger.generation:
                     continue  # fetched before a rebalance: read again from the committed offset
+                started = time.monotonic()
                 effects = await self._process(batch)
+                self.metrics.batch_seconds.observe(time.monotonic() - started)
             await self._queue(effects)
 
     async def _queue(self, effects: _Effects) -> None:
@@ -237,6 +248,7 @@ class IngestLoop:
         await self._effects.put(effects)  # then counted: no await between the two
         self._in_flight_b += effects.size_b
         waited_s = time.monotonic() - waited_from
+        self.metrics.reader_wait_seconds.inc(waited_s)
         if waited_s >= SLOW_LANDING_S:
             log.warning(
                 "reading waited %.1f s for earlier batches to land (%.1f MB of InfluxDB lines "
@@ -267,6 +279,7 @@ class IngestLoop:
             pending.append(await self._send_dead_letter(records[i], raws[i], err, now_ns))
             release_now.append(tokens[i])
         out = self.stages.aggregate(out)
+        self._count(out)
         host_partition = self.host_partition
         for sample, token in zip(out.accepted, out.held, strict=True):
             if sample.host_id not in host_partition:
@@ -315,7 +328,11 @@ class IngestLoop:
                 for batch in group:  # dead letters and payloads delivered (acks=all)
                     for fut in batch.pending:
                         await fut
-                await self.sink.write([line for batch in group for line in batch.lines])
+                lines = [line for batch in group for line in batch.lines]
+                started = time.monotonic()
+                await self.sink.write(lines)
+                self.metrics.influx_write_seconds.observe(time.monotonic() - started)
+                self.metrics.influx_lines.inc(len(lines))
                 # The windows just written are recorded before their records are released: a
                 # replay from an offset inside them drops their samples instead of rewriting.
                 await self._record_written(
@@ -333,6 +350,18 @@ class IngestLoop:
                     queue.task_done()
                 self._in_flight_b -= size_b
                 self._landed.set()
+
+    def _count(self, out: BatchOutput) -> None:
+        """One batch's outcome in the worker's metrics (a few increments per batch)."""
+        m = self.metrics
+        m.records.labels(outcome="accepted").inc(len(out.accepted))
+        if out.rejected:
+            m.records.labels(outcome="dead_lettered").inc(len(out.rejected))
+        m.device_samples.inc(sum(len(s.device_ids) for s in out.accepted))
+        for a in out.alerts:
+            m.alerts.labels(kind=a.kind, state=a.state).inc()
+        m.anomaly_scores.inc(len(out.anomalies))
+        m.aggregates.inc(len(out.aggregates))
 
     async def _send(self, topic: str, key: str, value: bytes) -> Any:
         return await self.producer.send(topic, key.encode(), value, None, None, None)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -21,6 +22,7 @@ from accelpilot.schemas.topics import DLQ, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from tests.conftest import write_config
 from tests.reaper import reaped
+from tests.service.influx_private import free_ports
 from tests.service.kafka_io import consume
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -89,6 +91,20 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout_s: float = 60.0) -> Non
         worker.wait()
 
 
+def _scrape(port: int) -> dict[str, float]:
+    """A worker's /metrics as {'name{label="value",...}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
 def _count_points(settings: Settings) -> int:
     body = influxql(
         settings.influx.url, "SELECT count(seq) FROM device_sample", settings.influx.database
@@ -100,7 +116,10 @@ def _count_points(settings: Settings) -> int:
 def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
     service_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = service_settings
+    (metrics_port,) = free_ports(1)
+    settings = service_settings.model_copy(
+        update={"worker": service_settings.worker.model_copy(update={"metrics_port": metrics_port})}
+    )
     worker = _start_worker(settings, tmp_path)
     try:
         start_ns = (time.time_ns() - N_TICKS * 10**9) // 10**9 * 10**9
@@ -184,5 +203,19 @@ def test_samples_reach_influxdb_exactly_and_bad_input_is_dead_lettered(
         )
         assert len({(d.partition, d.offset) for d in letters}) == len(letters)
         assert worker.poll() is None  # the worker kept going
+
+        # Its /metrics say the same: records by outcome, device-samples, lines landed, freshness.
+        m = _scrape(metrics_port)
+        assert m['accelpilot_worker_records_total{outcome="accepted"}'] == len(samples) + 5
+        assert m['accelpilot_worker_records_total{outcome="dead_lettered"}'] == len(sent_bad)
+        assert m["accelpilot_worker_device_samples_total"] == want_points
+        assert m["accelpilot_worker_influx_lines_total"] >= want_points
+        assert m["accelpilot_worker_influx_write_seconds_count"] >= 1
+        assert m["accelpilot_worker_batch_seconds_count"] >= 1
+        assert m["accelpilot_worker_aggregates_total"] >= 1
+        newest_s = max(s.ts_ns for s in samples + late) / 1e9
+        assert m["accelpilot_worker_landed_sample_timestamp_seconds"] == pytest.approx(newest_s)
+        assert m["accelpilot_worker_in_flight_bytes"] >= 0
+        assert m["accelpilot_worker_influx_lines_rejected_total"] == 0
     finally:
         stop_worker(worker, 30)
