@@ -92,6 +92,11 @@ class WorkerSettings(_Section):
     # Line protocol per InfluxDB write at most (one batch's lines always go in one write);
     # InfluxDB 1.x refuses request bodies over its max-body-size, 25 MB by default.
     write_max_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024**3)
+    # InfluxDB writes under way at once (their records are still released in batch order), so
+    # InfluxDB is not idle while an answer comes back and the next write is put together. On
+    # the 2-core VM the drain went 28k -> 34k -> 40k device-samples/s for 1 -> 2 -> 3, and 4 was
+    # no better than 3 (docs/streams.md, Round 6).
+    influx_writes_in_flight: int = Field(3, ge=1, le=16)
     # Prometheus /metrics of this worker (streams/worker_metrics.py); 0 = off. Off by default:
     # several workers on one host each need a port of their own. metrics_addr 0.0.0.0 lets a
     # Prometheus elsewhere scrape it (in a container, say).

@@ -360,6 +360,7 @@ def bench_pipeline(
         )
         ours["batch_max"] = run.worker.batch_max
         ours["raw_samples"] = run.worker.raw_samples
+        ours["influx_writes_in_flight"] = run.worker.influx_writes_in_flight
         result["ours"] = ours
         if spy is not None:  # the drain only: py-spy writes its file once the worker exits
             _python_of(worker).terminate()

@@ -15,7 +15,8 @@ not faust's). For each batch:
    memory).
 
 A committer takes effects in batch order (as many as fit ``worker.write_max_bytes`` per
-InfluxDB write): awaits the deliveries, writes the lines to InfluxDB,
+InfluxDB write, up to ``worker.influx_writes_in_flight`` writes at once): awaits the
+deliveries, writes the lines to InfluxDB,
 records each host's windows written (streams/host_state.py, in its compacted topic) and only
 then releases the batch's records to the consumer's offset ledger, which commits each
 partition's done prefix. A rebalance waits for the batch in hand and for the queued effects to
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -102,6 +104,15 @@ class _Effects:
     observed_ns: dict[str, int]  # per host, the newest sample detected up to this batch
 
 
+@dataclass(slots=True)
+class _Write:
+    """A group of batches whose InfluxDB write is under way."""
+
+    group: list[_Effects]
+    size_b: int
+    task: asyncio.Future[None]
+
+
 class IngestLoop:
     def __init__(
         self,
@@ -142,6 +153,7 @@ class IngestLoop:
         self.state = HostStateReader(settings.kafka.bootstrap_servers, topics.host_state)
         self._effects: asyncio.Queue[_Effects] = asyncio.Queue(maxsize=IN_FLIGHT_BATCHES)
         self.in_flight_bytes, self.write_max_bytes = w.in_flight_bytes, w.write_max_bytes
+        self.writes_in_flight = w.influx_writes_in_flight
         self._in_flight_b = 0  # line protocol queued or being written
         self._landed = asyncio.Event()  # set each time a group of effects has landed
         # The effects taken off the queue but not yet landed (first of the next write's).
@@ -304,52 +316,85 @@ class IngestLoop:
         )
 
     async def _commit_effects(self) -> None:
-        """The batches' deliveries and InfluxDB writes, in batch order, then their records
-        released. In order, so that when a record is released every earlier batch's effects
-        (the sample lines of records released now, the windows that released them) landed.
+        """The batches' deliveries and InfluxDB writes, then their records released, in batch
+        order: when a record is released every earlier batch's effects (the sample lines of
+        records released now, the windows that released them) landed.
 
         The batches waiting when the committer comes round land together, up to
         ``write_max_bytes`` of lines (one InfluxDB write, one round of host records): under a
         light load the reader hands over small batches as soon as they arrive, and a write per
-        batch would make the committer the bottleneck."""
+        batch would make the committer the bottleneck. Up to ``writes_in_flight`` writes run at
+        once, so InfluxDB is not idle while an answer travels back and the next write is put
+        together; they may land in any order, but each group is recorded and released only
+        after every earlier one (no key is written with two values by two groups: a window is
+        closed once, a replay rewrites the same values)."""
+        writes: deque[_Write] = deque()
+        try:
+            while True:
+                waiting = self._carry is not None or not self._effects.empty()
+                if not writes or (len(writes) < self.writes_in_flight and waiting):
+                    writes.append(await self._start_write())
+                else:
+                    await self._land(writes.popleft())
+        finally:
+            for write in writes:  # stopping: what did not land is read again
+                write.task.cancel()
+
+    async def _start_write(self) -> _Write:
+        """The next group of batches: their deliveries awaited, their InfluxDB write started."""
         queue = self._effects
-        while True:
-            group = [self._carry if self._carry is not None else await queue.get()]
-            self._carry = None
-            size_b = group[0].size_b
-            while not queue.empty():
-                batch = queue.get_nowait()
-                if size_b + batch.size_b > self.write_max_bytes:
-                    self._carry = batch  # the first of the next write
-                    break
-                group.append(batch)
-                size_b += batch.size_b
-            try:
-                for batch in group:  # dead letters and payloads delivered (acks=all)
-                    for fut in batch.pending:
-                        await fut
-                lines = [line for batch in group for line in batch.lines]
-                started = time.monotonic()
-                await self.sink.write(lines)
-                self.metrics.influx_write_seconds.observe(time.monotonic() - started)
-                self.metrics.influx_lines.inc(len(lines))
-                # The windows just written are recorded before their records are released: a
-                # replay from an offset inside them drops their samples instead of rewriting.
-                await self._record_written(
-                    merged_written(b.written for b in group),
-                    {h: s for b in group for h, s in b.detection.items()},  # the newest
-                )
-                self.landed_ns = group[-1].observed_ns
-                if self.savings is not None:
-                    self.savings.save_if_changed()
-                for batch in group:
-                    self.consumer.release(batch.release)
-                await self.consumer.maybe_commit()
-            finally:
-                for _ in group:
-                    queue.task_done()
-                self._in_flight_b -= size_b
-                self._landed.set()
+        group = [self._carry if self._carry is not None else await queue.get()]
+        self._carry = None
+        size_b = group[0].size_b
+        while not queue.empty():
+            batch = queue.get_nowait()
+            if size_b + batch.size_b > self.write_max_bytes:
+                self._carry = batch  # the first of the next write
+                break
+            group.append(batch)
+            size_b += batch.size_b
+        try:
+            for batch in group:  # dead letters and payloads delivered (acks=all)
+                for fut in batch.pending:
+                    await fut
+        except BaseException:
+            self._landed_group(group, size_b)
+            raise
+        lines = [line for batch in group for line in batch.lines]
+        return _Write(group, size_b, asyncio.ensure_future(self._timed_write(lines)))
+
+    async def _timed_write(self, lines: list[str]) -> None:
+        started = time.monotonic()
+        await self.sink.write(lines)
+        self.metrics.influx_write_seconds.observe(time.monotonic() - started)
+        self.metrics.influx_lines.inc(len(lines))
+
+    async def _land(self, write: _Write) -> None:
+        """Once its write returned: the group's windows recorded, its records released."""
+        group = write.group
+        try:
+            await write.task
+            # The windows just written are recorded before their records are released: a
+            # replay from an offset inside them drops their samples instead of rewriting.
+            await self._record_written(
+                merged_written(b.written for b in group),
+                {h: s for b in group for h, s in b.detection.items()},  # the newest
+            )
+            self.landed_ns = group[-1].observed_ns
+            if self.savings is not None:
+                self.savings.save_if_changed()
+            for batch in group:
+                self.consumer.release(batch.release)
+            await self.consumer.maybe_commit()
+        finally:
+            self._landed_group(group, write.size_b)
+
+    def _landed_group(self, group: list[_Effects], size_b: int) -> None:
+        """A group is done with (landed, or failed and the loop is stopping)."""
+        for _ in group:
+            self._effects.task_done()
+        self._in_flight_b -= size_b
+        self._landed.set()
 
     def _count(self, out: BatchOutput) -> None:
         """One batch's outcome in the worker's metrics (a few increments per batch)."""
