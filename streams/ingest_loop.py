@@ -164,6 +164,7 @@ class IngestLoop:
         self.metrics.bind(
             in_flight_bytes=lambda: self._in_flight_b,
             landed_sample_time=lambda: max(self.landed_ns.values(), default=0) / 1e9,
+            influx_lines=lambda: sink.points_written,
             influx_write_failures=lambda: sink.write_failures,
             influx_lines_rejected=lambda: sink.points_rejected,
         )
@@ -367,7 +368,6 @@ class IngestLoop:
         started = time.monotonic()
         await self.sink.write(lines)
         self.metrics.influx_write_seconds.observe(time.monotonic() - started)
-        self.metrics.influx_lines.inc(len(lines))
 
     async def _land(self, write: _Write) -> None:
         """Once its write returned: the group's windows recorded, its records released."""

@@ -58,11 +58,6 @@ class WorkerMetrics:
             buckets=_SECONDS,
             registry=r,
         )
-        self.influx_lines = Counter(
-            "accelpilot_worker_influx_lines",
-            "Lines of line protocol landed in InfluxDB",
-            registry=r,
-        )
         self.reader_wait_seconds = Counter(
             "accelpilot_worker_reader_wait_seconds",
             "Time the reader waited for earlier batches to land (InfluxDB or Kafka back-pressure)",
@@ -76,6 +71,11 @@ class WorkerMetrics:
         self.landed_sample_time = Gauge(
             "accelpilot_worker_landed_sample_timestamp_seconds",
             "Sample time of the newest sample whose effects all landed (freshness: time() - it)",
+            registry=r,
+        )
+        self.influx_lines = Gauge(
+            "accelpilot_worker_influx_lines_total",
+            "Lines of line protocol InfluxDB accepted",
             registry=r,
         )
         self.influx_write_failures = Gauge(
@@ -94,12 +94,14 @@ class WorkerMetrics:
         *,
         in_flight_bytes: Callable[[], float],
         landed_sample_time: Callable[[], float],
+        influx_lines: Callable[[], float],
         influx_write_failures: Callable[[], float],
         influx_lines_rejected: Callable[[], float],
     ) -> None:
         """Gauges whose values are read at scrape time."""
         self.in_flight_bytes.set_function(in_flight_bytes)
         self.landed_sample_time.set_function(landed_sample_time)
+        self.influx_lines.set_function(influx_lines)
         self.influx_write_failures.set_function(influx_write_failures)
         self.influx_lines_rejected.set_function(influx_lines_rejected)
 

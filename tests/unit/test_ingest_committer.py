@@ -25,7 +25,7 @@ class GatedSink:
         self.gates: dict[str, asyncio.Event] = {}
         self.started: list[str] = []
         self.returned: list[str] = []
-        self.write_failures = self.points_rejected = 0
+        self.points_written = self.write_failures = self.points_rejected = 0
 
     def gate(self, name: str) -> asyncio.Event:
         return self.gates.setdefault(name, asyncio.Event())

@@ -22,6 +22,7 @@ def _bound(m: WorkerMetrics, in_flight: list[float]) -> WorkerMetrics:
     m.bind(
         in_flight_bytes=lambda: in_flight[0],
         landed_sample_time=lambda: 1.7e9,
+        influx_lines=lambda: 42,
         influx_write_failures=lambda: 3,
         influx_lines_rejected=lambda: 0,
     )
@@ -46,6 +47,7 @@ def test_scrape_reads_bound_values_and_counts() -> None:
     assert got[("accelpilot_worker_in_flight_bytes", ())] == 99.0
     assert got[("accelpilot_worker_landed_sample_timestamp_seconds", ())] == 1.7e9
     assert got[("accelpilot_worker_influx_write_failures_total", ())] == 3
+    assert got[("accelpilot_worker_influx_lines_total", ())] == 42
     assert got[("accelpilot_worker_records_total", (("outcome", "accepted"),))] == 10
     assert got[("accelpilot_worker_records_total", (("outcome", "dead_lettered"),))] == 0
     assert got[("accelpilot_worker_alerts_total", (("kind", "thermal"), ("state", "firing")))] == 1
