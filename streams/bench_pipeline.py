@@ -682,7 +682,8 @@ def _faust_noop_main(argv: list[str]) -> None:
     import json
 
     import faust
-    from faust.worker import Worker
+
+    from accelpilot.streams.app import make_worker
 
     p = argparse.ArgumentParser(prog="bench_pipeline faust-noop")
     for name in ("--bootstrap", "--topic", "--datadir", "--out"):
@@ -729,7 +730,7 @@ def _faust_noop_main(argv: list[str]) -> None:
                 Path(args.out).write_text(json.dumps(fig))
                 return
 
-    Worker(app, loglevel="warning").execute_from_commandline()
+    make_worker(app, loglevel="warning").execute_from_commandline()
 
 
 def _aiokafka_getmany(run: Settings, events: int, devices: int) -> dict[str, Any]:
