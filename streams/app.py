@@ -34,6 +34,7 @@ from accelpilot.streams.dead_letters import send_rejected_lines
 from accelpilot.streams.host_state_topic import host_state_topic_name
 from accelpilot.streams.influx_sink import InfluxSink
 from accelpilot.streams.ingest_loop import IngestLoop, IngestTopics
+from accelpilot.streams.partitioner import CachingPartitioner
 from accelpilot.streams.rollups import ROLLUP_INPUT, RollupLoop, rollup_input_topic
 from accelpilot.streams.worker_metrics import WorkerMetrics
 
@@ -59,6 +60,8 @@ def make_app(settings: Settings) -> faust.App:
         # No linger: while the loop computes a batch, payloads pile up and go out together
         # anyway; an alert handed over on its own leaves at once.
         producer_max_batch_size=512 * 1024,
+        # Kafka's default partitioner, remembered per key (streams/partitioner.py).
+        producer_partitioner=CachingPartitioner(),
         broker_commit_interval=1.0,
         # Stop promptly even while InfluxDB is down: unacked events are simply not committed
         # and a restarted worker reads them again (at-least-once, idempotent writes).

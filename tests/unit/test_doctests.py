@@ -15,6 +15,7 @@ MODULES = [
     "accelpilot.streams.aggregates",
     "accelpilot.streams.aggregates_bench",
     "accelpilot.streams.bench_pipeline",
+    "accelpilot.streams.partitioner",
     "accelpilot.optimizer.generate",
     "accelpilot.optimizer.physics",
     "accelpilot.optimizer.policy",
