@@ -4,16 +4,24 @@ Measurements ``device_agg``, ``host_agg`` and ``fleet_agg`` (by scope). Tags: ``
 worker's ``worker.cluster``; a fleet window is that cluster's fleet), ``host`` (device and host
 scopes), ``device`` (device scope), ``window`` (the window length, e.g. ``60s``, so several
 window sizes can share a database). Fields: ``<metric>_<stat>`` for ``min``, ``max``, ``mean``,
-``p95``, ``last`` (floats) and ``<metric>_count`` (integer), plus ``sample_count`` and
-``gap_count`` (integers) and ``energy_j`` (float, absent when ``null``). Time = the window start,
-so writing a window again (a replay, a fleet window written by a restarted worker) overwrites the
-same point instead of adding one.
+``p95``, ``last`` (floats) and ``<metric>_count`` (integer) **only where it differs from**
+``sample_count`` (a metric some samples of the window did not carry; absent means "every
+sample": :func:`metric_count` reads it back), plus ``sample_count`` and ``gap_count``
+(integers) and ``energy_j`` (float, absent when ``null``). Time = the window start, so writing
+a window again (a replay, a fleet window written by a restarted worker) overwrites the same
+point instead of adding one.
+
+Why the counts are sparse: InfluxDB's write cost goes with the number of field series (each
+field of each device is its own series), and a per-metric count equal to ``sample_count`` in
+almost every window was 16 % of the aggregate fields and about a quarter of their write CPU
+(docs/streams.md, Round 5 and Round 7).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from typing import Any
 
 import msgspec
 
@@ -46,23 +54,26 @@ class AggregateFormatter:
     def line(self, agg: Aggregate) -> str:
         metrics = agg.metrics
         has_energy = agg.energy_j is not None
-        key = (agg.scope, agg.key, agg.host_id, agg.window_s, has_energy, *metrics)
+        n = agg.sample_count
+        partial = tuple(name for name, s in metrics.items() if s.count != n)
+        key = (agg.scope, agg.key, agg.host_id, agg.window_s, has_energy, partial, *metrics)
         template = self._templates.get(key)
         if template is None:
-            template = self._template(agg)
+            template = self._template(agg, partial)
             if len(self._templates) >= _MAX_TEMPLATES:
                 self._templates.clear()
             self._templates[key] = template
-        numbers: list[float | int] = [agg.sample_count, agg.gap_count]
+        numbers: list[float | int] = [n, agg.gap_count]
         if has_energy:
             numbers.append(float(agg.energy_j))  # type: ignore[arg-type]
         for s in metrics.values():
-            numbers += (float(s.min), float(s.max), float(s.mean), float(s.p95), float(s.last),
-                        s.count)  # fmt: skip
+            numbers += (float(s.min), float(s.max), float(s.mean), float(s.p95), float(s.last))
+            if s.count != n:
+                numbers.append(s.count)
         numbers.append(agg.window_start_ns)
         return template % tuple(_encode(numbers)[1:-1].decode().split(","))
 
-    def _template(self, agg: Aggregate) -> str:
+    def _template(self, agg: Aggregate, partial: tuple[str, ...]) -> str:
         tags = MEASUREMENTS[agg.scope] + self._cluster_tag
         if agg.scope != "fleet":
             host = agg.key if agg.scope == "host" else agg.host_id
@@ -76,11 +87,24 @@ class AggregateFormatter:
             fields.append("energy_j=%s")
         for name in agg.metrics:
             fields.append(
-                f"{name}_min=%s,{name}_max=%s,{name}_mean=%s,{name}_p95=%s,"
-                f"{name}_last=%s,{name}_count=%si"
+                f"{name}_min=%s,{name}_max=%s,{name}_mean=%s,{name}_p95=%s,{name}_last=%s"
+                + (f",{name}_count=%si" if name in partial else "")
             )
         series = f"{tags},window={window_tag(agg.window_s)}".replace("%", "%%")
         return f"{series} {','.join(fields)} %s"
+
+
+def metric_count(fields: Mapping[str, Any], metric: str) -> int:
+    """How many samples of an aggregate point's window carried ``metric``: its ``_count`` field
+    where written, else ``sample_count`` (the module docstring).
+
+    >>> metric_count({"sample_count": 10, "power_w_count": 7}, "power_w")
+    7
+    >>> metric_count({"sample_count": 10, "power_w_count": None}, "power_w")
+    10
+    """
+    count = fields.get(f"{metric}_count")
+    return int(fields["sample_count"] if count is None else count)
 
 
 _MAX_TEMPLATES = 200_000  # layouts cached (two windows x devices and hosts of a partition set)

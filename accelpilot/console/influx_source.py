@@ -21,9 +21,10 @@ from accelpilot.schemas.aggregates import Aggregate, MetricStats
 from accelpilot.schemas.alerts import Alert
 from accelpilot.schemas.anomalies import AnomalyScore
 from accelpilot.stack.influxdb import influxql
+from accelpilot.streams.aggregate_lines import metric_count
 
 Query = Callable[[str], dict[str, Any]]
-_STATS = ("min", "max", "mean", "p95", "last", "count")
+_STATS = ("min", "max", "mean", "p95", "last")  # and a count (streams/aggregate_lines.py)
 _AGG_MEASUREMENT = {"device": "device_agg", "host": "host_agg", "fleet": "fleet_agg"}
 _INFLUX_FN = {"sum": "sum", "avg": "mean"}
 
@@ -196,8 +197,7 @@ class InfluxSource:
         )
         out = []
         for r in reversed(rows):
-            names = {c[: -len("_count")] for c in r if c.endswith("_count") and c != "sample_count"}
-            names.discard("gap")
+            names = {c[: -len("_last")] for c in r if c.endswith("_last")}
             metrics = {
                 n: MetricStats(
                     min=r[f"{n}_min"],
@@ -205,7 +205,7 @@ class InfluxSource:
                     mean=r[f"{n}_mean"],
                     p95=r[f"{n}_p95"],
                     last=r[f"{n}_last"],
-                    count=int(r[f"{n}_count"]),
+                    count=metric_count(r, n),
                 )
                 for n in sorted(names)
                 if all(r.get(f"{n}_{s}") is not None for s in _STATS)

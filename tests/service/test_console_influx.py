@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import urllib.request
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
@@ -42,6 +43,14 @@ def test_read_only_console_over_influxdb(service_settings: Settings) -> None:
         s
         for host in ("h1", "h2")
         for s in synthetic_samples(host, n_devices=3, n_ticks=TICKS, start_ns=t0)
+    ]
+    # h1 leaves temp_c out of ticks 12-14: that window's temp_c count is partial (written as a
+    # field of its own; full counts are not written, streams/aggregate_lines.py).
+    samples = [
+        msgspec.structs.replace(s, metrics={k: v for k, v in s.metrics.items() if k != "temp_c"})
+        if s.host_id == "h1" and t0 + 12 * 10**9 <= s.ts_ns < t0 + 15 * 10**9
+        else s
+        for s in samples
     ]
     agg = WindowAggregator(10.0, 2.0)
     aggregates = [a for s in sorted(samples, key=lambda s: s.ts_ns) for a in agg.add(s)]
@@ -113,6 +122,9 @@ def test_read_only_console_over_influxdb(service_settings: Settings) -> None:
     assert [g["window_start_ns"] for g in got] == [a.window_start_ns for a in want]
     assert got[0]["metrics"]["power_w"]["mean"] == pytest.approx(want[0].metrics["power_w"].mean)
     assert got[0]["energy_j"] == pytest.approx(want[0].energy_j)
+    counts = [{m: st["count"] for m, st in g["metrics"].items()} for g in got]
+    assert counts == [{m: st.count for m, st in a.metrics.items()} for a in want]
+    assert any(a.metrics["temp_c"].count < a.sample_count for a in want)  # the partial window
     audit = c.get("/api/audit").json()["actions"]
     assert audit[0]["action_id"] == result.action_id and audit[0]["kind"] == "set_power_cap"
     assert audit[0]["results"][0]["outcome"] == "applied" and audit[0]["cap_w"] == 400.0

@@ -16,7 +16,12 @@ from accelpilot.collectors.synthetic import synthetic_samples
 from accelpilot.schemas import Aggregate, HostSample, MetricStats
 from accelpilot.schemas.metrics import METRICS
 from accelpilot.streams.acks import AckGate
-from accelpilot.streams.aggregate_lines import aggregate_line, aggregate_lines, window_tag
+from accelpilot.streams.aggregate_lines import (
+    aggregate_line,
+    aggregate_lines,
+    metric_count,
+    window_tag,
+)
 from accelpilot.streams.aggregates import (
     HOST_REDUCTION_BY_UNIT,
     WindowAggregator,
@@ -512,7 +517,7 @@ def test_aggregate_lines_are_exact() -> None:
     fleet = Aggregate(scope="fleet", key="fleet", **{**base, "window_s": 0.5, "metrics": {}})
     fields = (
         "sample_count=4i,gap_count=1i{energy},power_w_min=1.0,power_w_max=3.5,power_w_mean=2.0,"
-        "power_w_p95=3.25,power_w_last=2.5,power_w_count=4i"
+        "power_w_p95=3.25,power_w_last=2.5"
     )
     assert aggregate_lines([device, host, fleet], cluster="c1") == [
         r"device_agg,cluster=c1,host=rack\=1\,a,device=gpu\ 0,window=60s "
@@ -526,7 +531,40 @@ def test_aggregate_lines_are_exact() -> None:
     assert tags == {"cluster": "c1", "host": "rack=1,a", "device": "gpu 0", "window": "60s"}
     # Another cluster, the same layouts: its own templates.
     assert parse(aggregate_line(device, cluster="c2"))[1]["cluster"] == "c2"
-    assert values["power_w_p95"] == 3.25 and values["power_w_count"] == 4
+    assert values["power_w_p95"] == 3.25 and "power_w_count" not in values
+    assert metric_count(values, "power_w") == 4
+
+
+def test_a_metric_count_is_written_only_where_it_differs_from_the_sample_count() -> None:
+    def stats(count: int) -> MetricStats:
+        return MetricStats(min=1.0, max=2.0, mean=1.5, p95=2.0, last=2.0, count=count)
+
+    agg = Aggregate(
+        scope="device",
+        key="g0",
+        host_id="h",
+        window_s=10.0,
+        window_start_ns=T0,
+        window_end_ns=T0 + 10 * S,
+        sample_count=10,
+        gap_count=0,
+        metrics={"power_w": stats(10), "temp_c": stats(7), "util_pct": stats(10)},
+    )
+    _, _, values, _ = parse(aggregate_line(agg, cluster="c1"))
+    assert [k for k in values if k.endswith("_count")] == [
+        "sample_count",
+        "gap_count",
+        "temp_c_count",
+    ]
+    assert {m: metric_count(values, m) for m in agg.metrics} == {
+        "power_w": 10,
+        "temp_c": 7,
+        "util_pct": 10,
+    }
+    # The same layout with every count full: its own template, no stale count field.
+    full = msgspec.structs.replace(agg, metrics={m: stats(10) for m in agg.metrics})
+    _, _, values, _ = parse(aggregate_line(full, cluster="c1"))
+    assert "temp_c_count" not in values and metric_count(values, "temp_c") == 10
 
 
 def test_lines_of_real_aggregates_read_back_exactly() -> None:
@@ -540,8 +578,15 @@ def test_lines_of_real_aggregates_read_back_exactly() -> None:
         assert tags["window"] == window_tag(agg.window_s) == "10s"
         assert fields["sample_count"] == agg.sample_count
         for name, s in agg.metrics.items():
-            got = [fields[f"{name}_{k}"] for k in ("min", "max", "mean", "p95", "last", "count")]
-            assert got == [s.min, s.max, s.mean, s.p95, s.last, s.count]
+            got = [fields[f"{name}_{k}"] for k in ("min", "max", "mean", "p95", "last")]
+            assert [*got, metric_count(fields, name)] == [
+                s.min,
+                s.max,
+                s.mean,
+                s.p95,
+                s.last,
+                s.count,
+            ]
 
 
 def test_device_lines_need_a_host() -> None:
