@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from accelpilot.metrics_endpoint import serve_metrics
 
 
 class AgentMetrics:
@@ -49,4 +51,11 @@ class AgentMetrics:
         )
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+        serve_metrics(
+            self.registry,
+            port,
+            addr,
+            setting="agent.metrics_port",
+            advice="choose a free port (another agent or exporter holds this one), or 0 to turn "
+            "the endpoint off",
+        )

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from accelpilot.errors import ConfigError
+from accelpilot.metrics_endpoint import serve_metrics
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -106,10 +106,10 @@ class WorkerMetrics:
         self.influx_lines_rejected.set_function(influx_lines_rejected)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        try:
-            start_http_server(port, addr=addr, registry=self.registry)
-        except OSError as e:
-            raise ConfigError(
-                f"worker.metrics_port: cannot serve /metrics on {addr}:{port} ({e.strerror}); "
-                "give each worker on a host its own port, or 0 to turn the endpoint off"
-            ) from e
+        serve_metrics(
+            self.registry,
+            port,
+            addr,
+            setting="worker.metrics_port",
+            advice="give each worker on a host its own port, or 0 to turn the endpoint off",
+        )

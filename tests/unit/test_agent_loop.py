@@ -7,6 +7,8 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from accelpilot.collectors.agent import Agent
 from accelpilot.collectors.agent_metrics import AgentMetrics
 from accelpilot.collectors.backends.sim import SimBackend, SimFleet
@@ -14,6 +16,7 @@ from accelpilot.collectors.buffered_publisher import BufferedPublisher
 from accelpilot.collectors.discovery import discover
 from accelpilot.collectors.disk_buffer import DiskBuffer
 from accelpilot.config import load_settings
+from accelpilot.errors import ConfigError
 from accelpilot.optimizer.scenario import load_bundled_scenario
 from accelpilot.schemas import codec
 from accelpilot.schemas.samples import HostSample
@@ -55,3 +58,12 @@ def test_ticks_are_buffered_with_health_and_exported(tmp_path: Path) -> None:
     assert values["accelpilot_agent_dropped_samples_total"] == 0
     assert values["accelpilot_agent_broker_connected"] == 0
     buffer.close()
+
+
+def test_a_metrics_port_in_use_is_a_config_error_naming_the_field() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=r"agent\.metrics_port: .*in use.*or 0"):
+            AgentMetrics().serve(port)
