@@ -109,12 +109,20 @@ def test_device_without_metrics_still_has_seq() -> None:
 
 
 def test_integral_metric_values_are_written_as_floats() -> None:
-    # An int and a float field of the same name conflict in InfluxDB; metrics are always floats.
-    (line,) = sample_lines(
-        sample(device_ids=["g"], device_kinds=["gpu"], metrics={"mem_used_bytes": [2**36]}),  # type: ignore[list-item]
-        cluster="c",
-    )
-    assert " seq=42i,mem_used_bytes=68719476736.0 " in line
+    # An int and a float field of the same name conflict in InfluxDB; metrics are always floats:
+    # a number without the ``i`` suffix is a float in line protocol (decoded samples hold
+    # floats, 68719476736.0; an int put in a sample in process is written 68719476736).
+    for value in (2**36, float(2**36)):
+        (line,) = sample_lines(
+            sample(device_ids=["g"], device_kinds=["gpu"], metrics={"mem_used_bytes": [value]}),  # type: ignore[list-item]
+            cluster="c",
+        )
+        assert line.split(" ")[1] in (
+            "seq=42i,mem_used_bytes=68719476736",
+            "seq=42i,mem_used_bytes=68719476736.0",
+        )
+        assert parse(line)[2]["mem_used_bytes"] == 2**36
+        assert isinstance(parse(line)[2]["mem_used_bytes"], float)
 
 
 ids = st.text(
