@@ -30,6 +30,7 @@ import mode
 
 from accelpilot.config import Settings
 from accelpilot.schemas.topics import AGGREGATES, ALERTS, ANOMALIES, DLQ, SAMPLES
+from accelpilot.streams import gc_settings
 from accelpilot.streams.dead_letters import send_rejected_lines
 from accelpilot.streams.host_state_topic import host_state_topic_name
 from accelpilot.streams.influx_sink import InfluxSink
@@ -183,4 +184,6 @@ def make_worker(app: faust.App, loglevel: str = "info") -> Any:
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT."""
-    make_worker(make_app(settings), loglevel).execute_from_commandline()
+    worker = make_worker(make_app(settings), loglevel)
+    gc_settings.tune()  # after start-up: the app and the modules are frozen
+    worker.execute_from_commandline()

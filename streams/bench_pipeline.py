@@ -69,6 +69,7 @@ from accelpilot.schemas.samples import HostSample
 from accelpilot.schemas.topics import ALERTS, ALL_TOPICS, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from accelpilot.stack.kafka import create_topics, delete_topics
+from accelpilot.streams import gc_settings
 from accelpilot.streams.batch_stages import raw_every_ns, raw_line_due
 from accelpilot.streams.bench_naive import naive_messages
 from accelpilot.streams.bench_profile import py_spy_argv, summarize
@@ -628,14 +629,15 @@ def _stages(run: Settings, per_host: list[list[HostSample]]) -> dict[str, Any]:
     batch = run.worker.batch_max
     now_ns = time.time_ns()
     payloads = 0
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(0, len(raws), batch):
-        chunk = raws[i : i + batch]
-        out = stages.run(chunk, chunk, now_ns)
-        payloads += sum(
-            len(codec.encode(p)) > 0 for p in (*out.alerts, *out.anomalies, *out.aggregates)
-        )
-    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    with gc_settings.tuned():  # the worker's collector settings (streams/gc_settings.py)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(raws), batch):
+            chunk = raws[i : i + batch]
+            out = stages.run(chunk, chunk, now_ns)
+            payloads += sum(
+                len(codec.encode(p)) > 0 for p in (*out.alerts, *out.anomalies, *out.aggregates)
+            )
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     n = len(raws) * devices
     return {
         "device_samples": n,
