@@ -305,3 +305,28 @@ def test_restoring_a_rebalances_hosts_together_is_restoring_each() -> None:
     assert scores(together) == scores(each)
     assert together.host_states(hosts) == each.host_states(hosts)
     assert together.risk.get_state() == each.risk.get_state()
+
+
+def test_the_states_of_several_hosts_taken_together_are_each_hosts_own() -> None:
+    """``host_states`` reads the alert engine's and the failure-risk arrays once for all the
+    hosts asked (what the worker does for a batch's written hosts); each host gets the bytes it
+    would get alone, an open episode (h2's thermal alert) included."""
+    from accelpilot.streams.alerting import DeviceMonitor
+
+    hosts = ["h1", "h2", "h3"]
+    ticks = {h: list(synthetic_samples(h, n_devices=3, n_ticks=40, start_ns=T0, seed=i))
+             for i, h in enumerate(hosts)}  # fmt: skip
+    for k in range(25, 40):  # h2/gpu1 runs hot: a thermal episode is open at the end
+        s = ticks["h2"][k]
+        temp = [s.metrics["temp_c"][0], 96.0, s.metrics["temp_c"][2]]
+        ticks["h2"][k] = msgspec.structs.replace(s, metrics={**s.metrics, "temp_c": temp})
+    mon = DeviceMonitor()
+    for k in range(40):
+        mon.observe_batch([ticks[h][k] for h in hosts])
+    together = mon.host_states([*hosts, "never-seen"])
+    assert together == {h: mon.host_states([h])[h] for h in [*hosts, "never-seen"]}
+    engine = {
+        h: msgspec.msgpack.decode(msgspec.msgpack.decode(together[h])["engine"]) for h in hosts
+    }
+    assert engine["h2"]["devices"]["h2/gpu1"]["thermal"]["firing"] is True
+    assert "h2/gpu1" not in engine["h1"]["devices"] and engine["h2"]["hosts"]["h2/gpu1"] == "h2"
