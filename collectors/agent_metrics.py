@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Counter, Gauge
 
-from accelpilot.metrics_endpoint import serve_metrics
+from accelpilot.metrics_endpoint import process_registry, serve_metrics
 
 
 class AgentMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = process_registry()
         r = self.registry
         self.ticks = Counter("accelpilot_agent_ticks", "Ticks sampled", registry=r)
         self.ticks_late = Counter(

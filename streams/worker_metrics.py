@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from accelpilot.metrics_endpoint import serve_metrics
+from accelpilot.metrics_endpoint import process_registry, serve_metrics
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class WorkerMetrics:
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        r = self.registry = process_registry()
         self.records = Counter(
             "accelpilot_worker_records",
             "telemetry.samples records processed, by outcome (accepted / dead_lettered)",

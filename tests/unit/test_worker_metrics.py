@@ -45,6 +45,11 @@ def test_scrape_reads_bound_values_and_counts() -> None:
         for s in family.samples
     }
     assert got[("accelpilot_worker_in_flight_bytes", ())] == 99.0
+    # The process's own figures too (a private registry has none by itself): CPU per
+    # device-sample in production is rate(process_cpu_seconds_total) over the samples' rate.
+    assert got[("process_cpu_seconds_total", ())] > 0
+    assert got[("process_resident_memory_bytes", ())] > 10e6
+    assert got[("python_gc_collections_total", (("generation", "0"),))] >= 0
     assert got[("accelpilot_worker_landed_sample_timestamp_seconds", ())] == 1.7e9
     assert got[("accelpilot_worker_influx_write_failures_total", ())] == 3
     assert got[("accelpilot_worker_influx_lines_total", ())] == 42
