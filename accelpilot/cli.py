@@ -661,6 +661,13 @@ def bench_pipeline(
     latency_load: Annotated[
         float, typer.Option(help="Latency phase rate, as a fraction of the measured drain rate.")
     ] = 0.5,
+    latency_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Latency phase rate in device-samples/s (overrides --latency-load; A/Bs at "
+            "the same offered load)."
+        ),
+    ] = None,
     naive_hosts: Annotated[int, typer.Option(help="Hosts for the naive design.")] = 100,
     naive_ticks: Annotated[int, typer.Option(help="Ticks for the naive design.")] = 10,
     profile: Annotated[
@@ -680,6 +687,7 @@ def bench_pipeline(
         ticks=ticks,
         latency_s=latency_s,
         latency_load=latency_load,
+        latency_rate=latency_rate,
         naive_hosts=naive_hosts,
         naive_ticks=naive_ticks,
         profile=profile,

@@ -20,7 +20,8 @@ Phases, all in one run, each on its own topics and database (removed at the end)
    runs, with InfluxDB's own CPU per million device-samples; ``raw_only`` = the raw sample lines
    alone (the figure this phase reported before 2026-12-07, which left out the aggregates, the
    costlier lines per field).
-3. **Latency (below saturation).** Ticks published at ``latency_load`` x the measured rate with
+3. **Latency (below saturation).** Ticks published at ``latency_load`` x the measured rate (or
+   at ``latency_rate`` device-samples/s when given: A/Bs at the same offered load) with
    ``ts_ns`` = send time; sample->InfluxDB from polling marker devices' newest points, and
    sample->alert from thermal faults (temp 95 degC + throttle bit 0x40; the thermal channel fires
    on the 2nd such sample) injected into a few hosts, measured to the alert's arrival on
@@ -262,6 +263,7 @@ def bench_pipeline(
     ticks: int = 60,
     latency_s: float = 15.0,
     latency_load: float = 0.5,
+    latency_rate: float | None = None,
     fault_hosts: int = 5,
     naive_hosts: int = 100,
     naive_ticks: int = 10,
@@ -381,7 +383,7 @@ def bench_pipeline(
         )
 
         # -- phase 3: latency below saturation
-        rate = latency_load * ours["device_samples_per_s"]
+        rate = latency_rate or latency_load * ours["device_samples_per_s"]
         log_at = worker_log.stat().st_size
         result["latency"] = _latency(
             run, producer, worker, per_host, rate, latency_s, fault_hosts, progress
