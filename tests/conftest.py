@@ -4,6 +4,7 @@ per session by the project's own code, and each test gets its own topics and dat
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,15 @@ def _reap_stray_processes() -> Iterator[None]:
     """Kill the process groups that tests registered (tests/reaper.py) when the session ends."""
     yield
     close_watchdog()
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 held by a listening socket for the test (a port in use)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

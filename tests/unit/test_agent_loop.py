@@ -60,10 +60,6 @@ def test_ticks_are_buffered_with_health_and_exported(tmp_path: Path) -> None:
     buffer.close()
 
 
-def test_a_metrics_port_in_use_is_a_config_error_naming_the_field() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=r"agent\.metrics_port: .*in use.*or 0"):
-            AgentMetrics().serve(port)
+def test_a_metrics_port_in_use_is_a_config_error_naming_the_field(busy_port: int) -> None:
+    with pytest.raises(ConfigError, match=r"agent\.metrics_port: .*in use.*or 0"):
+        AgentMetrics().serve(busy_port)

@@ -68,14 +68,23 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _b_returns_before_a(
+    writes_in_flight: int,
+) -> tuple[IngestLoop, GatedSink, Released, asyncio.Future[None]]:
+    """A running committer given batches a then b, b's write free to return at once and a's
+    held until the test opens its gate."""
+    loop, sink, released = _loop(writes_in_flight)
+    committer = asyncio.ensure_future(loop._commit_effects())
+    for name in ("a", "b"):
+        await loop._queue(_batch(name))
+    sink.gate("b").set()
+    await _settle()
+    return loop, sink, released, committer
+
+
 def test_a_later_write_that_returns_first_waits_for_the_earlier_one() -> None:
     async def run() -> None:
-        loop, sink, released = _loop(writes_in_flight=2)
-        committer = asyncio.ensure_future(loop._commit_effects())
-        for name in ("a", "b"):
-            await loop._queue(_batch(name))
-        sink.gate("b").set()  # b's write returns at once, a's waits
-        await _settle()
+        loop, sink, released, committer = await _b_returns_before_a(writes_in_flight=2)
         assert sink.started == ["a", "b"]  # both under way together
         assert sink.returned == ["b"]
         assert released.tokens == []  # b landed, but a has not: nothing released yet
@@ -91,12 +100,7 @@ def test_a_later_write_that_returns_first_waits_for_the_earlier_one() -> None:
 
 def test_one_write_in_flight_starts_the_next_only_after_the_first_landed() -> None:
     async def run() -> None:
-        loop, sink, released = _loop(writes_in_flight=1)
-        committer = asyncio.ensure_future(loop._commit_effects())
-        for name in ("a", "b"):
-            await loop._queue(_batch(name))
-        sink.gate("b").set()
-        await _settle()
+        loop, sink, released, committer = await _b_returns_before_a(writes_in_flight=1)
         assert sink.started == ["a"]
         sink.gate("a").set()
         await asyncio.wait_for(loop._effects.join(), 5)

@@ -58,10 +58,6 @@ def test_scrape_reads_bound_values_and_counts() -> None:
     assert got[("accelpilot_worker_alerts_total", (("kind", "thermal"), ("state", "firing")))] == 1
 
 
-def test_a_port_in_use_is_a_config_error_naming_the_field() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=r"worker\.metrics_port.*own port, or 0"):
-            WorkerMetrics().serve(port)
+def test_a_port_in_use_is_a_config_error_naming_the_field(busy_port: int) -> None:
+    with pytest.raises(ConfigError, match=r"worker\.metrics_port.*own port, or 0"):
+        WorkerMetrics().serve(busy_port)
