@@ -796,6 +796,9 @@ def _latency(
     msgs_per_s = max(rate, 1000.0) / devices
     stop = threading.Event()
     alert_lat: list[float] = []
+    # Per alert: (sample ts_ns, the alert record's Kafka timestamp in ms = when the worker sent
+    # it, arrival ns): splits each latency into the worker's side and the delivery side.
+    alert_times: list[tuple[int, int, int]] = []
     influx_lat: list[float] = []
     t_start_ns = time.time_ns()
     fault_hosts = min(fault_hosts, hosts)
@@ -827,6 +830,7 @@ def _latency(
                         and a.ts_ns >= t_start_ns
                     ):
                         alert_lat.append((now_ns - a.ts_ns) / 1e6)
+                        alert_times.append((a.ts_ns, r.timestamp, now_ns))
 
     def poll_influx() -> None:
         regex = "|".join(markers)
@@ -960,7 +964,35 @@ def _latency(
             "p99": _pct(alert_lat, 99),
             "n": len(alert_lat),
             "note": "thermal alert ts_ns (the triggering sample) to arrival on fleet.alerts",
+            **_alert_split(alert_times, t_start_ns),
         },
+    }
+
+
+def _alert_split(times: list[tuple[int, int, int]], t_start_ns: int) -> dict[str, Any]:
+    """Where each alert's latency went, and when the slowest ones happened.
+
+    ``to_send`` is sample ts → the alert record's Kafka timestamp (the worker's producer stamps
+    it when the alert is sent: generator, broker, worker), ``delivery`` the rest (the worker's
+    producer batching, the broker, this process's consumer). ``slowest`` lists the 10 slowest
+    with the phase second and the second of the minute of their sample, so bursts that line up
+    with window closes (every 10 s and 60 s) or with each other show.
+    """
+    to_send = [(sent_ms * 1e6 - ts) / 1e6 for ts, sent_ms, _ in times]
+    delivery = [(now - sent_ms * 1e6) / 1e6 for _, sent_ms, now in times]
+    worst = sorted(times, key=lambda t: t[2] - t[0], reverse=True)[:10]
+    return {
+        "to_send_ms": {"p50": _pct(to_send, 50), "p99": _pct(to_send, 99)},
+        "delivery_ms": {"p50": _pct(delivery, 50), "p99": _pct(delivery, 99)},
+        "slowest": [
+            {
+                "ms": round((now - ts) / 1e6, 1),
+                "to_send_ms": round((sent_ms * 1e6 - ts) / 1e6, 1),
+                "phase_s": round((ts - t_start_ns) / 1e9, 1),
+                "second_of_minute": round(ts / 1e9 % 60, 1),
+            }
+            for ts, sent_ms, now in worst
+        ],
     }
 
 
