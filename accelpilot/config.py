@@ -111,8 +111,10 @@ class WorkerSettings(_Section):
     # A host's complete windows are closed up to this long after they are complete (a fixed
     # fraction of it per host), so the hosts that cross a window boundary in the same second
     # do not close ~9 windows each in one batch in front of every sample behind it. 0: at once.
-    # Used up to half the smallest window (the fleet roll-up relies on closes within a
-    # window; a host more than a window behind the wall clock is closed at once anyway).
+    # This is the smallest window's spread, used up to half that window (the fleet roll-up
+    # relies on closes within a window; a host more than a window behind the wall clock is
+    # closed at once anyway); a larger window's grows with its length (5 s: 30 s for 60 s
+    # windows), streams/batch_stages.py close_spreads_s.
     close_spread_s: float = Field(5.0, ge=0, le=600)
     # Raw samples to InfluxDB (measurement device_sample: the Grafana device panels and the
     # collector-silent / device-silent alert rules read it): "all" writes every sample; "every"

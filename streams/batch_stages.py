@@ -50,6 +50,26 @@ def raw_line_due(sample: HostSample, every_ns: int | None) -> bool:
     return every_ns is None or sample.ts_ns % every_ns < sample.interval_s * 1e9
 
 
+def close_spreads_s(close_spread_s: float, windows_s: Sequence[float]) -> list[float]:
+    """How long each window size's closes are spread over (``worker.close_spread_s``).
+
+    ``close_spread_s`` is the smallest window's; a larger window's grows with its length, so the
+    closes of a minute boundary (every host's 10 s *and* 60 s windows: twice a 10 s boundary's
+    work, 5 s after the minute) do not pile up in the same 5 s; each is at most half its window
+    (the fleet roll-up needs every host's window closed a window later).
+
+    >>> close_spreads_s(5.0, (10.0, 60.0))
+    [5.0, 30.0]
+    >>> close_spreads_s(8.0, (10.0, 60.0, 300.0))
+    [5.0, 30.0, 150.0]
+    >>> close_spreads_s(0.0, (10.0, 60.0))
+    [0.0, 0.0]
+    """
+    smallest = min(windows_s)
+    spread = min(close_spread_s, smallest / 2)
+    return [min(spread * win / smallest, win / 2) for win in windows_s]
+
+
 class InternalError(SchemaError):
     """A bug of ours met while handling one message: it goes to the DLQ, the worker goes on."""
 
@@ -96,9 +116,8 @@ class BatchStages:
         self.max_future_ns = int(w.max_future_skew_s * 1e9)
         self.windows_s = list(w.windows_s)
         self.allowed_lateness_s = w.allowed_lateness_s
-        # At most half the smallest window: the fleet roll-up needs every host's window closed
-        # before a window later.
-        self.close_spread_s = min(2 * w.close_spread_s, *w.windows_s) / 2
+        # Per window size (close_spreads_s): a minute's closes spread over 30 s, not 5.
+        self.close_spreads_s = close_spreads_s(w.close_spread_s, w.windows_s)
         # The durable record of each host's windows already written (streams/host_state.py),
         # looked up once per host after each reset.
         self.host_record = host_record
@@ -121,8 +140,8 @@ class BatchStages:
         :attr:`observed_ns` (a drain that timed out); replayed samples after it are detected
         again."""
         self.aggregators = [
-            WindowAggregator(win, self.allowed_lateness_s, close_spread_s=self.close_spread_s)
-            for win in self.windows_s
+            WindowAggregator(win, self.allowed_lateness_s, close_spread_s=spread_s)
+            for win, spread_s in zip(self.windows_s, self.close_spreads_s, strict=True)
         ]
         self.gate = AckGate(self.aggregators)
         self._resumed = set()
@@ -221,7 +240,7 @@ class BatchStages:
             for aggregator in aggregators:
                 aggregator.add(sample, values)  # complete windows wait for close_due
             gate.hold(sample.host_id, sample.ts_ns, token)
-        # The hosts whose deadline came (worker.close_spread_s), then the silent ones. Silence
+        # The hosts whose deadline came (close_spreads_s), then the silent ones. Silence
         # is by the wall clock: a partition read behind another is not a silent one.
         now_ns = time.time_ns() if self.clock is None else self.clock()
         last = self._idle_checked_ns

@@ -71,7 +71,7 @@ from accelpilot.schemas.topics import ALERTS, ALL_TOPICS, SAMPLES
 from accelpilot.stack.influxdb import influxql
 from accelpilot.stack.kafka import create_topics, delete_topics
 from accelpilot.streams import gc_settings
-from accelpilot.streams.batch_stages import raw_every_ns, raw_line_due
+from accelpilot.streams.batch_stages import close_spreads_s, raw_every_ns, raw_line_due
 from accelpilot.streams.bench_naive import naive_messages
 from accelpilot.streams.bench_profile import py_spy_argv, summarize
 
@@ -875,10 +875,11 @@ def _latency(
             raise RuntimeError("the worker exited during the latency warm-up")
         time.sleep(0.1)
     warmup_s = time.monotonic() - t_warm
-    # The windows that tick completed close over worker.close_spread_s: wait for that, and for
-    # the worker to go quiet (under a quarter of a core over half a second), at most 60 s.
+    # The windows that tick completed close over the longest spread (close_spreads_s): wait for
+    # that, and for the worker to go quiet (under a quarter of a core over half a second), at
+    # most 60 s.
     ps, t_settle = _python_of(worker), time.monotonic()
-    time.sleep(run.worker.close_spread_s)
+    time.sleep(max(close_spreads_s(run.worker.close_spread_s, run.worker.windows_s)))
     while time.monotonic() - t_settle < 60:
         c0 = _cpu_s(ps)
         time.sleep(0.5)
