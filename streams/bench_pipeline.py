@@ -386,7 +386,7 @@ def bench_pipeline(
         rate = latency_rate or latency_load * ours["device_samples_per_s"]
         log_at = worker_log.stat().st_size
         result["latency"] = _latency(
-            run, producer, worker, per_host, rate, latency_s, fault_hosts, progress
+            run, producer, worker, per_host, rate, latency_s, fault_hosts, progress, stack_procs
         )
         # The worker's back-pressure warnings during that phase (streams/ingest_loop.py).
         with worker_log.open("rb") as f:
@@ -786,6 +786,7 @@ def _latency(
     duration_s: float,
     fault_hosts: int,
     progress: Progress,
+    stack_procs: Mapping[str, psutil.Process] | None = None,
 ) -> dict[str, Any]:
     """Publish at ``rate`` device-samples/s with ts = send time; measure both latencies."""
     from kafka import KafkaConsumer, TopicPartition
@@ -892,7 +893,10 @@ def _latency(
     )
     t_start_ns = time.time_ns()
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (read_alerts, poll_influx)]
+    busy = _CoreSampler({"worker": _python_of(worker), **(stack_procs or {})})
+    threads = [
+        threading.Thread(target=f, daemon=True) for f in (read_alerts, poll_influx, busy.run)
+    ]
     for t in threads:
         t.start()
     # Probe hosts (markers + fault hosts) tick every PROBE_INTERVAL_S whatever the load, so the
@@ -942,6 +946,7 @@ def _latency(
         time.sleep(3.0)  # let the tail arrive
     finally:
         stop.set()
+        busy.stop.set()
         for t in threads:
             t.join(timeout=10)
         consumer.close()
@@ -965,19 +970,55 @@ def _latency(
             "p99": _pct(alert_lat, 99),
             "n": len(alert_lat),
             "note": "thermal alert ts_ns (the triggering sample) to arrival on fleet.alerts",
-            **_alert_split(alert_times, t_start_ns),
+            **_alert_split(alert_times, t_start_ns, busy),
         },
     }
 
 
-def _alert_split(times: list[tuple[int, int, int]], t_start_ns: int) -> dict[str, Any]:
+class _CoreSampler:
+    """CPU seconds of a few processes and of the whole machine, every 0.1 s (a thread), so a
+    slow alert can be matched with what used the cores while it waited."""
+
+    def __init__(self, procs: Mapping[str, psutil.Process]) -> None:
+        self.procs = dict(procs)
+        self.stop = threading.Event()
+        self.samples: list[tuple[int, dict[str, float]]] = []
+
+    def _read(self) -> dict[str, float]:
+        t = psutil.cpu_times()
+        out = {"machine": t.user + t.system + t.nice + getattr(t, "irq", 0.0)}
+        out["machine"] += getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
+        out.update(_services_cpu_s(self.procs))
+        return out
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.time_ns(), self._read()))
+            self.stop.wait(0.1)
+
+    def cores_busy(self, from_ns: int, to_ns: int) -> dict[str, float]:
+        """Cores each used on average from the last sample at or before ``from_ns`` to the
+        first at or after ``to_ns`` (an empty dict where the samples do not cover it)."""
+        before = [x for x in self.samples if x[0] <= from_ns]
+        after = [x for x in self.samples if x[0] >= to_ns]
+        if not before or not after:
+            return {}
+        (t0, a), (t1, b) = before[-1], after[0]
+        dt = (t1 - t0) / 1e9
+        return {k: round((b[k] - a[k]) / dt, 2) for k in a if k in b}
+
+
+def _alert_split(
+    times: list[tuple[int, int, int]], t_start_ns: int, busy: _CoreSampler | None = None
+) -> dict[str, Any]:
     """Where each alert's latency went, and when the slowest ones happened.
 
     ``to_send`` is sample ts → the alert record's Kafka timestamp (the worker's producer stamps
     it when the alert is sent: generator, broker, worker), ``delivery`` the rest (the worker's
     producer batching, the broker, this process's consumer). ``slowest`` lists the 10 slowest
     with the phase second and the second of the minute of their sample, so bursts that line up
-    with window closes (every 10 s and 60 s) or with each other show.
+    with window closes (every 10 s and 60 s) or with each other show, and (``busy``) the cores
+    the worker, InfluxDB, Kafka and the whole machine used while it waited.
     """
     to_send = [(sent_ms * 1e6 - ts) / 1e6 for ts, sent_ms, _ in times]
     delivery = [(now - sent_ms * 1e6) / 1e6 for _, sent_ms, now in times]
@@ -991,6 +1032,7 @@ def _alert_split(times: list[tuple[int, int, int]], t_start_ns: int) -> dict[str
                 "to_send_ms": round((sent_ms * 1e6 - ts) / 1e6, 1),
                 "phase_s": round((ts - t_start_ns) / 1e9, 1),
                 "second_of_minute": round(ts / 1e9 % 60, 1),
+                **({"cores_busy": busy.cores_busy(ts, now)} if busy is not None else {}),
             }
             for ts, sent_ms, now in worst
         ],

@@ -68,6 +68,14 @@ def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
             assert fig[q] is None or _number(fig[q]), (kind, q, fig[q])
     assert r["latency"]["sample_to_influx_ms"]["n"] > 0
     assert r["latency"]["sample_to_alert_ms"]["n"] > 0  # the injected thermal faults alerted
+    # Where the slowest alerts' time went, and what used the cores meanwhile.
+    alerts = r["latency"]["sample_to_alert_ms"]
+    assert _number(alerts["to_send_ms"]["p99"]) and _number(alerts["delivery_ms"]["p99"])
+    slowest = alerts["slowest"]
+    assert slowest and all(0 <= s["second_of_minute"] < 60 for s in slowest)
+    assert [s["ms"] for s in slowest] == sorted((s["ms"] for s in slowest), reverse=True)
+    assert all(s["to_send_ms"] <= s["ms"] + 1 for s in slowest)  # ms-rounded Kafka timestamps
+    assert all({"worker", "machine"} <= set(s["cores_busy"]) for s in slowest), slowest
     for floor in ("stages", "faust_noop", "aiokafka_getmany"):
         assert _number(r["floors"][floor]["device_samples_per_s"]), (floor, r["floors"][floor])
     assert isinstance(r["goal"]["met_throughput"], bool)
