@@ -655,7 +655,7 @@ def bench_pipeline(
         float,
         typer.Option(
             help="Seconds of the latency phase (60 s: ~125 alerts, so the p99 is not just the "
-            "slowest of a few; InfluxDB's stalls come about once a minute here)."
+            "slowest of a few; 300 s also catches the rarer stalls: docs/streams.md Round 8)."
         ),
     ] = 60.0,
     latency_load: Annotated[

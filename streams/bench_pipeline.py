@@ -9,7 +9,9 @@ Phases, all in one run, each on its own topics and database (removed at the end)
    InfluxDB (``count(seq)``), the CPU from ``psutil`` over the same span (children included).
    With ``worker.raw_samples = "every"`` a raw point stands for ``raw_every_s / interval_s``
    device-samples, and the backlog is stamped so that its last tick is one that gets raw lines
-   (the last point then marks the end of the backlog).
+   (the last point then marks the end of the backlog). The backlog ends more than the largest
+   window before the clock, so every window it completes is closed during the drain (a host
+   that far behind is closed at once, not over ``close_spreads_s``) and counted in its CPU.
    The CPU of the stack's own InfluxDB and Kafka processes (``accelpilot stack up``; their pid
    files) is measured over the same span (``services_cpu_utilization``), so the figures say
    where this machine's cores went.
@@ -307,9 +309,13 @@ def bench_pipeline(
         # -- payloads, pre-encoded (tick-major: one batch spans the fleet, as in production)
         t0 = time.perf_counter()
         # The last tick on a raw_every_s boundary: with raw_samples "every" it is a raw one.
+        # And more than the largest window behind the clock: the worker then closes each
+        # window the drain completes at once (WindowAggregator.close_due), inside the measured
+        # span; stamped nearer, up to close_spreads_s of that work came after the last point.
         every_ns = raw_every_ns(run.worker)
         period_ns = every_ns or 10**9
-        start_ns = (time.time_ns() - 5 * 10**9) // period_ns * period_ns - (ticks - 1) * 10**9
+        behind_ns = round((5 + max(run.worker.windows_s)) * 1e9)
+        start_ns = (time.time_ns() - behind_ns) // period_ns * period_ns - (ticks - 1) * 10**9
         per_host = [
             list(
                 synthetic_samples(
@@ -946,9 +952,10 @@ def _latency(
         time.sleep(3.0)  # let the tail arrive
     finally:
         stop.set()
-        busy.stop.set()
-        for t in threads:
+        for t in threads[:2]:
             t.join(timeout=10)
+        busy.stop.set()  # after the readers: its last sample comes after every arrival
+        threads[2].join(timeout=10)
         consumer.close()
     achieved = sent * devices / elapsed
     progress(f"latency phase: {achieved:.0f} device-samples/s offered, {len(alert_lat)} alerts")
@@ -992,9 +999,11 @@ class _CoreSampler:
         return out
 
     def run(self) -> None:
+        """Sample until :attr:`stop` is set, and once more then."""
         while not self.stop.is_set():
             self.samples.append((time.time_ns(), self._read()))
             self.stop.wait(0.1)
+        self.samples.append((time.time_ns(), self._read()))
 
     def cores_busy(self, from_ns: int, to_ns: int) -> dict[str, float]:
         """Cores each used on average from the last sample at or before ``from_ns`` to the
