@@ -802,9 +802,8 @@ def _latency(
     topic = run.topic(SAMPLES)
     msgs_per_s = max(rate, 1000.0) / devices
     stop = threading.Event()
-    alert_lat: list[float] = []
     # Per alert: (sample ts_ns, the alert record's Kafka timestamp in ms = when the worker sent
-    # it, arrival ns): splits each latency into the worker's side and the delivery side.
+    # it, arrival ns): its latency, split into the worker's side and the delivery side.
     alert_times: list[tuple[int, int, int]] = []
     influx_lat: list[float] = []
     t_start_ns = time.time_ns()
@@ -836,7 +835,6 @@ def _latency(
                         and a.host_id in fault_set
                         and a.ts_ns >= t_start_ns
                     ):
-                        alert_lat.append((now_ns - a.ts_ns) / 1e6)
                         alert_times.append((a.ts_ns, r.timestamp, now_ns))
 
     def poll_influx() -> None:
@@ -900,10 +898,9 @@ def _latency(
     t_start_ns = time.time_ns()
 
     busy = _CoreSampler({"worker": _python_of(worker), **(stack_procs or {})})
-    threads = [
-        threading.Thread(target=f, daemon=True) for f in (read_alerts, poll_influx, busy.run)
-    ]
-    for t in threads:
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_alerts, poll_influx)]
+    sampler = threading.Thread(target=busy.run, daemon=True)
+    for t in (*readers, sampler):
         t.start()
     # Probe hosts (markers + fault hosts) tick every PROBE_INTERVAL_S whatever the load, so the
     # latencies have enough samples; the rest of the fleet fills the offered rate round-robin.
@@ -952,13 +949,13 @@ def _latency(
         time.sleep(3.0)  # let the tail arrive
     finally:
         stop.set()
-        for t in threads[:2]:
+        for t in readers:
             t.join(timeout=10)
         busy.stop.set()  # after the readers: its last sample comes after every arrival
-        threads[2].join(timeout=10)
+        sampler.join(timeout=10)
         consumer.close()
     achieved = sent * devices / elapsed
-    progress(f"latency phase: {achieved:.0f} device-samples/s offered, {len(alert_lat)} alerts")
+    progress(f"latency phase: {achieved:.0f} device-samples/s offered, {len(alert_times)} alerts")
     return {
         "warmup_s": round(warmup_s, 2),
         "settle_s": round(settle_s, 2),
@@ -973,11 +970,8 @@ def _latency(
             "note": "visibility by polling marker devices every ~20 ms + query time",
         },
         "sample_to_alert_ms": {
-            "p50": _pct(alert_lat, 50),
-            "p99": _pct(alert_lat, 99),
-            "n": len(alert_lat),
+            **_alert_figures(alert_times, t_start_ns, busy),
             "note": "thermal alert ts_ns (the triggering sample) to arrival on fleet.alerts",
-            **_alert_split(alert_times, t_start_ns, busy),
         },
     }
 
@@ -1017,10 +1011,11 @@ class _CoreSampler:
         return {k: round((b[k] - a[k]) / dt, 2) for k in a if k in b}
 
 
-def _alert_split(
+def _alert_figures(
     times: list[tuple[int, int, int]], t_start_ns: int, busy: _CoreSampler | None = None
 ) -> dict[str, Any]:
-    """Where each alert's latency went, and when the slowest ones happened.
+    """The alerts' latency (``p50``, ``p99``, ``n``), where it went, and when the slowest
+    ones happened.
 
     ``to_send`` is sample ts → the alert record's Kafka timestamp (the worker's producer stamps
     it when the alert is sent: generator, broker, worker), ``delivery`` the rest (the worker's
@@ -1029,10 +1024,14 @@ def _alert_split(
     with window closes (every 10 s and 60 s) or with each other show, and (``busy``) the cores
     the worker, InfluxDB, Kafka and the whole machine used while it waited.
     """
+    total = [(now - ts) / 1e6 for ts, _, now in times]
     to_send = [(sent_ms * 1e6 - ts) / 1e6 for ts, sent_ms, _ in times]
     delivery = [(now - sent_ms * 1e6) / 1e6 for _, sent_ms, now in times]
     worst = sorted(times, key=lambda t: t[2] - t[0], reverse=True)[:10]
     return {
+        "p50": _pct(total, 50),
+        "p99": _pct(total, 99),
+        "n": len(times),
         "to_send_ms": {"p50": _pct(to_send, 50), "p99": _pct(to_send, 99)},
         "delivery_ms": {"p50": _pct(delivery, 50), "p99": _pct(delivery, 99)},
         "slowest": [

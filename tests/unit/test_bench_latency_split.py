@@ -3,7 +3,7 @@ side and delivery, when they happened, and the cores used meanwhile."""
 
 from __future__ import annotations
 
-from accelpilot.streams.bench_pipeline import _alert_split, _CoreSampler
+from accelpilot.streams.bench_pipeline import _alert_figures, _CoreSampler
 
 S, MS = 10**9, 10**6
 T0 = 1_800_000_020 * S  # second 20 of a minute
@@ -13,7 +13,8 @@ def test_each_alert_is_split_into_the_workers_side_and_delivery() -> None:
     # (sample ts, alert record's Kafka timestamp in ms, arrival)
     times = [(T0 + k * S, (T0 + k * S) // MS + 100, T0 + k * S + 103 * MS) for k in range(50)]
     times.append((T0 + 7 * S, (T0 + 7 * S) // MS + 600, T0 + 7 * S + 640 * MS))
-    out = _alert_split(times, T0 - 5 * S)
+    out = _alert_figures(times, T0 - 5 * S)
+    assert (out["n"], out["p50"]) == (51, 103.0)
     assert out["to_send_ms"] == {"p50": 100.0, "p99": 100.0 + (600 - 100) * 0.5}
     assert out["delivery_ms"]["p50"] == 3.0
     first = out["slowest"][0]
@@ -31,5 +32,5 @@ def test_cores_busy_spans_the_samples_around_the_wait() -> None:
     assert busy.cores_busy(T0 + 2 * S // 10, T0 + 5 * S // 10) == {"worker": 0.5, "machine": 2.0}
     assert busy.cores_busy(T0 + 15 * S // 10, T0 + 2 * S) == {"worker": 1.0, "machine": 2.0}
     assert busy.cores_busy(T0 - S, T0) == {}  # before the first sample: not covered
-    out = _alert_split([(T0 + 2 * S, (T0 + 2 * S) // MS + 300, T0 + 2 * S + 305 * MS)], T0, busy)
+    out = _alert_figures([(T0 + 2 * S, (T0 + 2 * S) // MS + 300, T0 + 2 * S + 305 * MS)], T0, busy)
     assert out["slowest"][0]["cores_busy"] == {"worker": 1.0, "machine": 2.0}
