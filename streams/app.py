@@ -31,6 +31,7 @@ import mode
 from accelpilot.config import Settings
 from accelpilot.schemas.topics import AGGREGATES, ALERTS, ANOMALIES, DLQ, SAMPLES
 from accelpilot.streams import gc_settings
+from accelpilot.streams.alert_producer import AlertProducer
 from accelpilot.streams.dead_letters import send_rejected_lines
 from accelpilot.streams.host_state_topic import host_state_topic_name
 from accelpilot.streams.influx_sink import InfluxSink
@@ -121,6 +122,9 @@ def make_app(settings: Settings) -> faust.App:
         declare=host_state_topic.maybe_declare,
         savings=fleet_events,
         metrics=metrics,
+        alert_producer=AlertProducer(
+            settings.kafka.bootstrap_servers, topics.alerts, client_id=f"{w.app_id}-alerts"
+        ),
     )
     rollup = RollupLoop(settings, rollup_topic, aggregates_topic)
     app.service(_service_for(ingest, f"{w.app_id} reading {settings.topic(SAMPLES)}"))

@@ -5,7 +5,8 @@ Records come from the worker's own consumer (streams/batch_consumer.py; docs/str
 not faust's). For each batch:
 
 1. :meth:`BatchStages.detect`: decode + validate (bad ones become dead letters), sample lines,
-   detection and alerts. The alerts are sent and delivered first.
+   detection and alerts. The alerts are sent and delivered first, all of a batch's at once,
+   through a producer of their own (streams/alert_producer.py) where the worker has one.
 2. :meth:`BatchStages.aggregate`: windows, idle hosts (wall clock), and the records the
    ``AckGate`` releases (a sample only once every window containing it is written).
 3. Anomalies, aggregates, roll-up inputs and dead letters are handed to the producer, and the
@@ -38,6 +39,7 @@ from accelpilot.config import Settings
 from accelpilot.errors import SchemaError
 from accelpilot.schemas import codec
 from accelpilot.schemas.topics import SAMPLES
+from accelpilot.streams.alert_producer import AlertProducer
 from accelpilot.streams.batch_consumer import BatchConsumer
 from accelpilot.streams.batch_stages import BatchOutput, BatchStages, InternalError
 from accelpilot.streams.dead_letters import record_letter
@@ -76,7 +78,8 @@ class IngestTopics:
 
 class Producer(Protocol):
     """faust's producer (``app.producer``): aiokafka's ``send`` behind a thin wrapper, with none
-    of ``Topic.send``'s per-message machinery (~40 us a message in the profile)."""
+    of ``Topic.send``'s per-message machinery (~40 us a message in the profile); or the alerts'
+    own (streams/alert_producer.py)."""
 
     async def send(
         self,
@@ -126,10 +129,14 @@ class IngestLoop:
         drain_s: float = 15.0,
         stop_drain_s: float = 5.0,
         metrics: WorkerMetrics | None = None,
+        alert_producer: AlertProducer | None = None,
     ) -> None:
         w = settings.worker
         self.topics = topics
         self.producer = producer
+        # Alerts on a connection of their own: none waits behind the aggregates' produce
+        # request in flight (streams/alert_producer.py). Without one they share ``producer``.
+        self.alert_producer = alert_producer
         self.sink = sink
         self._declare = declare  # the host-state topic (compacted, one partition per samples')
         # streams/fleet_events.py's FleetEvents: the host windows closed here feed its savings.
@@ -173,6 +180,8 @@ class IngestLoop:
     async def start(self) -> None:
         if self._declare is not None:
             await self._declare()
+        if self.alert_producer is not None:
+            await self.alert_producer.start()
         await self.state.start()
         await self.consumer.start()
         self._tasks = [
@@ -203,7 +212,11 @@ class IngestLoop:
         try:
             await self.consumer.stop()
         finally:
-            await self.state.stop()
+            try:
+                await self.state.stop()
+            finally:
+                if self.alert_producer is not None:
+                    await self.alert_producer.stop()
 
     # -- rebalances -----------------------------------------------------------------------------
     async def _on_revoked(self, partitions: set[int]) -> None:
@@ -284,9 +297,15 @@ class IngestLoop:
         release_now: list[Token] = []
         encode = codec.encode
         # Alerts first, delivered before the aggregates are even computed: nothing queued or
-        # computed in front of them (a batch with alerts is rare; it waits one round trip).
-        for a in out.alerts:
-            await (await self._send(t.alerts, a.host_id, encode(a)))
+        # computed in front of them. All of the batch's are handed over before any delivery is
+        # awaited, so they share one produce request (a batch with alerts waits one round trip).
+        if out.alerts:
+            alerts = self.alert_producer or self.producer
+            deliveries = [
+                await alerts.send(t.alerts, a.host_id.encode(), encode(a), None, None, None)
+                for a in out.alerts
+            ]
+            await asyncio.gather(*deliveries)
         for i, e in out.rejected:
             err = e if isinstance(e, SchemaError) else _internal_error(e, records[i])
             pending.append(await self._send_dead_letter(records[i], raws[i], err, now_ns))
