@@ -68,6 +68,11 @@ def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
             assert fig[q] is None or _number(fig[q]), (kind, q, fig[q])
     assert r["latency"]["sample_to_influx_ms"]["n"] > 0
     assert r["latency"]["sample_to_alert_ms"]["n"] > 0  # the injected thermal faults alerted
+    # One firing alert per fault cycle and fault host is expected; none arrives twice.
+    expected = r["latency"]["sample_to_alert_ms"]["expected"]
+    assert expected > 0 and expected % 3 == 0, expected  # 3 fault hosts
+    assert r["latency"]["sample_to_alert_ms"]["n"] <= expected
+    assert 0 < r["goal"]["latency_load"] and isinstance(r["goal"]["met_latency"], bool)
     # Where the slowest alerts' time went, and what used the cores meanwhile.
     alerts = r["latency"]["sample_to_alert_ms"]
     assert _number(alerts["to_send_ms"]["p99"]) and _number(alerts["delivery_ms"]["p99"])
