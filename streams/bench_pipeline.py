@@ -1030,6 +1030,25 @@ class _CoreSampler:
         return {k: round((b[k] - a[k]) / dt, 2) for k in a if k in b}
 
 
+def _same_tick_spreads_ms(
+    times: list[tuple[int, int, int]], gap_ns: int = 100_000_000
+) -> list[float]:
+    """Per probe tick that raised several alerts (the fault hosts' samples, sent back to back:
+    stamps within ``gap_ns`` of the previous one), how much later its last alert arrived than
+    its first, in ms. Alerts of one batch delivered one after another show here as a step of a
+    round trip each."""
+    spreads, group = [], []
+    for ts, _, now in sorted(times):
+        if group and ts - group[-1][0] > gap_ns:
+            if len(group) > 1:
+                spreads.append((max(a for _, a in group) - min(a for _, a in group)) / 1e6)
+            group = []
+        group.append((ts, now))
+    if len(group) > 1:
+        spreads.append((max(a for _, a in group) - min(a for _, a in group)) / 1e6)
+    return spreads
+
+
 def _alert_figures(
     times: list[tuple[int, int, int]], t_start_ns: int, busy: _CoreSampler | None = None
 ) -> dict[str, Any]:
@@ -1047,12 +1066,18 @@ def _alert_figures(
     to_send = [(sent_ms * 1e6 - ts) / 1e6 for ts, sent_ms, _ in times]
     delivery = [(now - sent_ms * 1e6) / 1e6 for _, sent_ms, now in times]
     worst = sorted(times, key=lambda t: t[2] - t[0], reverse=True)[:10]
+    spreads = _same_tick_spreads_ms(times)
     return {
         "p50": _pct(total, 50),
         "p99": _pct(total, 99),
         "n": len(times),
         "to_send_ms": {"p50": _pct(to_send, 50), "p99": _pct(to_send, 99)},
         "delivery_ms": {"p50": _pct(delivery, 50), "p99": _pct(delivery, 99)},
+        "same_tick_spread_ms": {
+            "p50": _pct(spreads, 50),
+            "p99": _pct(spreads, 99),
+            "ticks": len(spreads),
+        },
         "slowest": [
             {
                 "ms": round((now - ts) / 1e6, 1),

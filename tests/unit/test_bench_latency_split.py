@@ -34,3 +34,16 @@ def test_cores_busy_spans_the_samples_around_the_wait() -> None:
     assert busy.cores_busy(T0 - S, T0) == {}  # before the first sample: not covered
     out = _alert_figures([(T0 + 2 * S, (T0 + 2 * S) // MS + 300, T0 + 2 * S + 305 * MS)], T0, busy)
     assert out["slowest"][0]["cores_busy"] == {"worker": 1.0, "machine": 2.0}
+
+
+def test_alerts_of_one_probe_tick_show_how_far_apart_they_arrived() -> None:
+    # Two probe ticks 2.4 s apart, five fault hosts each stamped 1 ms apart: the first tick's
+    # alerts delivered one after another (a 6 ms round trip each), the second's together.
+    serial = [(T0 + h * MS, 0, T0 + 100 * MS + h * 6 * MS) for h in range(5)]
+    together = [(T0 + 2400 * MS + h * MS, 0, T0 + 2500 * MS) for h in range(5)]
+    lone = [(T0 + 9 * S, 0, T0 + 9 * S + 50 * MS)]  # a tick with one alert has no spread
+    out = _alert_figures(together + lone + serial, T0)
+    spread = out["same_tick_spread_ms"]
+    assert spread["ticks"] == 2
+    assert spread["p50"] == (24.0 + 0.0) / 2  # 4 round trips; none
+    assert spread["p99"] > 23.0
