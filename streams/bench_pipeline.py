@@ -1037,16 +1037,12 @@ def _same_tick_spreads_ms(
     stamps within ``gap_ns`` of the previous one), how much later its last alert arrived than
     its first, in ms. Alerts of one batch delivered one after another show here as a step of a
     round trip each."""
-    spreads, group = [], []
+    groups: list[list[tuple[int, int]]] = []
     for ts, _, now in sorted(times):
-        if group and ts - group[-1][0] > gap_ns:
-            if len(group) > 1:
-                spreads.append((max(a for _, a in group) - min(a for _, a in group)) / 1e6)
-            group = []
-        group.append((ts, now))
-    if len(group) > 1:
-        spreads.append((max(a for _, a in group) - min(a for _, a in group)) / 1e6)
-    return spreads
+        if not groups or ts - groups[-1][-1][0] > gap_ns:
+            groups.append([])
+        groups[-1].append((ts, now))
+    return [(max(a for _, a in g) - min(a for _, a in g)) / 1e6 for g in groups if len(g) > 1]
 
 
 def _alert_figures(
