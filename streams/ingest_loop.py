@@ -302,8 +302,7 @@ class IngestLoop:
         if out.alerts:
             alerts = self.alert_producer or self.producer
             deliveries = [
-                await alerts.send(t.alerts, a.host_id.encode(), encode(a), None, None, None)
-                for a in out.alerts
+                await self._send(t.alerts, a.host_id, encode(a), alerts) for a in out.alerts
             ]
             await asyncio.gather(*deliveries)
         for i, e in out.rejected:
@@ -427,8 +426,11 @@ class IngestLoop:
         m.anomaly_scores.inc(len(out.anomalies))
         m.aggregates.inc(len(out.aggregates))
 
-    async def _send(self, topic: str, key: str, value: bytes) -> Any:
-        return await self.producer.send(topic, key.encode(), value, None, None, None)
+    async def _send(
+        self, topic: str, key: str, value: bytes, producer: Producer | None = None
+    ) -> Any:
+        """Hand one message to ``producer`` (the main one by default); its delivery future."""
+        return await (producer or self.producer).send(topic, key.encode(), value, None, None, None)
 
     async def _send_dead_letter(
         self, record: Any, raw: bytes, err: SchemaError, now_ns: int
