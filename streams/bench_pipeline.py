@@ -931,6 +931,7 @@ def _latency(
         seq[h] += 1
         send(topic, key=s.host_id.encode(), value=codec.encode(s))
 
+    worker_cpu_at_start = _cpu_s(ps)
     t0 = time.monotonic()
     next_probe = t0
     try:
@@ -959,6 +960,7 @@ def _latency(
         producer.flush(timeout=60)
         elapsed = time.monotonic() - t0
         time.sleep(3.0)  # let the tail arrive
+        worker_cpu_s = _cpu_s(ps) - worker_cpu_at_start  # the phase and its tail
     finally:
         stop.set()
         for t in readers:
@@ -979,6 +981,9 @@ def _latency(
         "offered_device_samples_per_s": round(achieved, 1),
         "duration_s": round(elapsed, 2),
         "worker_peak_rss_mb": peak_rss_mb(_python_of(worker)),
+        # What the light load costs the worker (batching under it: docs/streams.md Round 10).
+        "worker_cpu_s_per_million": round(worker_cpu_s / (sent * devices) * 1e6, 2),
+        "worker_cores": round(worker_cpu_s / (elapsed + 3.0), 3),
         "sample_to_influx_ms": {
             "p50": _pct(influx_lat, 50),
             "p99": _pct(influx_lat, 99),

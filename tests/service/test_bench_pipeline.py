@@ -46,7 +46,12 @@ def test_bench_pipeline_reports_every_figure(stack: Settings) -> None:
         "naive": ("device_samples_per_s", "cpu_s_per_million", "publish_messages_per_s"),
         "generator": ("publish_messages_per_s", "publish_device_samples_per_s"),
         "influxdb_alone": ("device_samples_per_s", "fields_per_device_sample"),
-        "latency": ("offered_device_samples_per_s", "duration_s"),
+        "latency": (
+            "offered_device_samples_per_s",
+            "duration_s",
+            "worker_cpu_s_per_million",
+            "worker_cores",
+        ),
         "ratio": ("throughput_ours_over_naive", "cpu_naive_over_ours"),
     }.items():
         for key in keys:
