@@ -81,9 +81,8 @@ class WorkerSettings(_Section):
     # Batch of samples handed to the sinks at once (bounded by count and by time).
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_within_s: float = Field(0.2, gt=0, le=60)
-    # A batch smaller than batch_max is handed over no sooner than this after the previous
-    # one (per-batch costs are then paid at most ~1/batch_linger_s times a second under a
-    # light load; a record waits up to this long, half of it on average).
+    # A batch smaller than batch_max waits this long for more (per-batch costs are then paid
+    # at most ~1/batch_linger_s times a second under a light load; it adds as much latency).
     batch_linger_s: float = Field(0.05, ge=0, le=5)
     # Line protocol computed but not yet written to InfluxDB: the loop reads, detects and
     # alerts ahead of a slow or snapshotting InfluxDB up to this much, then waits for it

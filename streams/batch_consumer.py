@@ -16,10 +16,7 @@ What this gives instead:
 
 - :meth:`BatchConsumer.batches` yields lists of ``(token, record)``, straight from aiokafka's
   ``getmany`` (at most ``batch_max`` records; waits up to ``within_s`` only when nothing is
-  buffered). A batch smaller than ``batch_max`` is handed over no sooner than ``linger_s``
-  after the previous batch with records: under a light load per-batch costs are paid at most
-  ~1/linger_s times a second, and a record that finds the consumer idle for longer than that
-  goes straight through (a fixed wait after each fetch cost every batch the whole linger).
+  buffered; a batch smaller than ``batch_max`` waits ``linger_s`` for more).
 - :meth:`BatchConsumer.release` marks records done; the consumer commits each partition's done
   prefix (streams/offset_ledger.py) at most every ``commit_interval_s``, at each rebalance and
   at stop. Auto-commit is off: nothing is committed that was not released.
@@ -82,7 +79,6 @@ class BatchConsumer:
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         self._clock = clock
         self._last_commit = clock()
-        self._last_batch = clock()  # when the last batch with records was handed over
         self._config = dict(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -134,12 +130,10 @@ class BatchConsumer:
             batch = tokens(data)
             generation = ledger.generation
             n = len(batch)
-            wait_s = self._last_batch + self.linger_s - self._clock()
-            if 0 < n < batch_max and wait_s > 0:
-                # A light load hands over a few records at a time: wait for more until
-                # linger_s since the last batch, so that per-batch costs are paid at most
-                # ~1/linger_s times a second, not per record.
-                await asyncio.sleep(wait_s)
+            if 0 < n < batch_max and self.linger_s > 0:
+                # A light load hands over a few records at a time: wait a moment for more, so
+                # that per-batch costs are paid ~1/linger_s times a second, not per record.
+                await asyncio.sleep(self.linger_s)
                 more = await consumer.getmany(timeout_ms=0, max_records=batch_max - n)
                 if ledger.generation != generation:
                     # A rebalance ended during the wait: what was fetched before it is read
@@ -151,8 +145,6 @@ class BatchConsumer:
                 batch += tokens(more)
             if self.failure is not None:  # aiokafka only logs what a rebalance hook raised
                 raise self.failure
-            if batch:
-                self._last_batch = self._clock()
             yield batch
 
     def release(self, tokens: Iterable[Token]) -> None:

@@ -89,37 +89,3 @@ def test_the_ledger_never_commits_past_a_re_read_record() -> None:
         return consumer.ledger.to_commit()
 
     assert asyncio.run(run()) == {}
-
-
-def test_a_small_batch_waits_only_for_what_is_left_of_the_linger(monkeypatch: Any) -> None:
-    """A small batch is handed over no sooner than linger_s after the previous one: right away
-    when the caller took longer than that over the previous batch, else after the rest."""
-    now = [0.0]
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(delay: float) -> None:  # the clock moves by what is slept
-        if delay > 0:
-            slept.append(round(delay, 9))
-            now[0] += delay
-        await real_sleep(0)
-
-    monkeypatch.setattr(asyncio, "sleep", sleep)
-
-    async def run() -> list[int]:
-        part = ScriptedPartition(30)
-        c = BatchConsumer(
-            bootstrap_servers="127.0.0.1:1", topic="t", group_id="g", batch_max=100,
-            within_s=0.01, linger_s=0.05, clock=lambda: now[0],
-        )  # fmt: skip
-        c._consumer = part  # type: ignore[assignment]
-        batches = c.batches()
-        sizes = [len(await batches.__anext__())]  # at 0: 3 records, then the whole linger
-        now[0] += 0.08  # the caller works on it for longer than the linger
-        sizes.append(len(await batches.__anext__()))  # straight through
-        now[0] += 0.01  # a quick one
-        sizes.append(len(await batches.__anext__()))  # waits the 0.04 s left
-        return sizes
-
-    assert asyncio.run(run()) == [6, 3, 6]
-    assert slept == [0.05, 0.04]
