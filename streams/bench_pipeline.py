@@ -961,6 +961,7 @@ def _latency(
         elapsed = time.monotonic() - t0
         time.sleep(3.0)  # let the tail arrive
         worker_cpu_s = _cpu_s(ps) - worker_cpu_at_start  # the phase and its tail
+        worker_span_s = time.monotonic() - t0
     finally:
         stop.set()
         for t in readers:
@@ -983,7 +984,7 @@ def _latency(
         "worker_peak_rss_mb": peak_rss_mb(_python_of(worker)),
         # What the light load costs the worker (batching under it: docs/streams.md Round 10).
         "worker_cpu_s_per_million": round(worker_cpu_s / (sent * devices) * 1e6, 2),
-        "worker_cores": round(worker_cpu_s / (elapsed + 3.0), 3),
+        "worker_cores": round(worker_cpu_s / worker_span_s, 3),
         "sample_to_influx_ms": {
             "p50": _pct(influx_lat, 50),
             "p99": _pct(influx_lat, 99),
